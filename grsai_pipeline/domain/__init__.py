@@ -1,0 +1,1 @@
+"""The ideas of the product as pure Python: no I/O, no Dagster, no database."""

@@ -1,0 +1,1 @@
+"""The Grsai API and nothing else: wire format, async client, local simulator."""

@@ -1,0 +1,382 @@
+"""A local Grsai-compatible API for demos, tests and benchmarks (``grsai-pipeline simulator``).
+
+It speaks the wire format of SPEC 3 over real HTTP and is strict about it: a request body that
+does not match the documented models gets HTTP 400, so drift in the client shows up in tests.
+
+Outcomes of a generation come from a seeded random mix, or from a directive in the prompt:
+``[sim:error]``, ``[sim:input_moderation]``, ``[sim:output_moderation]``, ``[sim:no_url]``,
+``[sim:api_error]`` (submit answered with a business error), ``[sim:lost]`` (the API forgets
+the task: ``-22`` forever) and ``[sim:succeeded]``. A comma list applies per submission of the
+same prompt: ``[sim:error,succeeded]`` fails the first attempt and succeeds the second.
+
+Faults are injected on demand over HTTP: ``POST /_sim/faults`` with rules such as
+``{"endpoint": "submit", "status": 503, "times": 2}`` (see :class:`FaultRule`).
+``GET /_sim/stats`` tells what the simulator received; ``POST /_sim/reset`` forgets it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from grsai_pipeline.grsai.wire import (
+    POLL_PATH,
+    SORA_SUBMIT_PATH,
+    VEO_SUBMIT_PATH,
+    SoraSubmitRequest,
+    VeoSubmitRequest,
+)
+
+OUTCOMES = ("succeeded", "input_moderation", "output_moderation", "error", "no_url", "api_error")
+DIRECTIVE = re.compile(r"\[sim:([a-z_,]+)\]")
+REQUIRED_KEYS = {
+    "SoraSubmitRequest": {
+        "model",
+        "prompt",
+        "aspectRatio",
+        "duration",
+        "size",
+        "webHook",
+        "shutProgress",
+    },
+    "VeoSubmitRequest": {"model", "prompt", "aspectRatio", "webHook", "shutProgress"},
+}
+DEFAULT_MIX = {
+    "succeeded": 0.80,
+    "input_moderation": 0.04,
+    "output_moderation": 0.04,
+    "error": 0.06,
+    "no_url": 0.03,
+    "api_error": 0.03,
+}
+
+
+class FaultRule(BaseModel):
+    """One injected fault. It hits requests of ``endpoint`` whose prompt (the submitted one, or
+    the polled task's) contains ``prompt_contains``, ``times`` times (None: until cleared).
+
+    The answer is, in order of precedence: a delay of ``delay_s`` then, if ``status`` is set,
+    that HTTP status with ``body`` (raw text) and ``Retry-After``; else, if ``code`` is set, an
+    HTTP 200 JSON answer ``{"code": code, "msg": msg}``; else the normal answer, late.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: Literal["submit", "poll", "any"] = "any"
+    prompt_contains: str | None = None
+    status: int | None = Field(None, ge=100, le=599)
+    body: str | None = None
+    retry_after: str | None = None
+    code: int | None = None
+    msg: str = "error"
+    delay_s: float = Field(0.0, ge=0)
+    times: int | None = Field(None, ge=1)
+
+
+class SimulatorConfig(BaseModel):
+    """Behaviour of the simulator; every field can be changed at run time (``/_sim/config``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str | None = None
+    latency_s: tuple[float, float] = (0.01, 0.05)
+    generation_s: tuple[float, float] = (1.0, 3.0)
+    not_found_window_s: float = 0.0
+    mix: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MIX))
+    seed: int | None = None
+
+
+@dataclass
+class _SimTask:
+    id: str
+    model: str
+    prompt: str
+    outcome: str
+    created: float
+    duration_s: float
+
+
+@dataclass
+class _State:
+    config: SimulatorConfig
+    rng: random.Random
+    tasks: dict[str, _SimTask] = field(default_factory=dict)
+    faults: list[tuple[FaultRule, list[int]]] = field(default_factory=list)
+    stats: Counter[str] = field(default_factory=Counter)
+    submits_by_prompt: Counter[str] = field(default_factory=Counter)
+
+
+class Simulator:
+    """The simulator's state and its Starlette app."""
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        config = config or SimulatorConfig()
+        self.state = _State(config=config, rng=random.Random(config.seed))
+        self.app = Starlette(
+            routes=[
+                Route(SORA_SUBMIT_PATH, self._submit, methods=["POST"]),
+                Route(VEO_SUBMIT_PATH, self._submit, methods=["POST"]),
+                Route(POLL_PATH, self._poll, methods=["POST"]),
+                Route("/_sim/faults", self._faults, methods=["POST", "DELETE"]),
+                Route("/_sim/config", self._config, methods=["POST"]),
+                Route("/_sim/stats", self._stats, methods=["GET"]),
+                Route("/_sim/reset", self._reset, methods=["POST"]),
+            ]
+        )
+
+    # --- the API -------------------------------------------------------------------------
+
+    async def _submit(self, request: Request) -> Response:
+        state = self.state
+        state.stats["submit_requests"] += 1
+        body = await _json_body(request)
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        early = await self._before_answer(
+            request, "submit", prompt if isinstance(prompt, str) else ""
+        )
+        if early is not None:
+            return early
+        model_type = SoraSubmitRequest if request.url.path == SORA_SUBMIT_PATH else VeoSubmitRequest
+        try:
+            submitted = model_type.model_validate(body, strict=True)
+            _check_keys(body, model_type)
+        except (ValidationError, ValueError) as exc:
+            state.stats["bad_requests"] += 1
+            return JSONResponse({"code": 400, "msg": f"bad request: {exc}"[:300]}, status_code=400)
+        state.submits_by_prompt[submitted.prompt] += 1
+        outcome = self._outcome_for(submitted.prompt)
+        if outcome == "api_error":
+            state.stats["submits_rejected"] += 1
+            return JSONResponse({"code": -2, "msg": "prompt rejected by upstream policy"})
+        task = _SimTask(
+            id=f"sim-{uuid.uuid4()}",
+            model=submitted.model,
+            prompt=submitted.prompt,
+            outcome=outcome,
+            created=time.monotonic(),
+            duration_s=state.rng.uniform(*state.config.generation_s),
+        )
+        state.tasks[task.id] = task
+        state.stats["submits_accepted"] += 1
+        return JSONResponse({"code": 0, "msg": "success", "data": {"id": task.id}})
+
+    async def _poll(self, request: Request) -> Response:
+        state = self.state
+        state.stats["poll_requests"] += 1
+        body = await _json_body(request)
+        task_id = body.get("id") if isinstance(body, dict) else None
+        task = state.tasks.get(task_id) if isinstance(task_id, str) else None
+        early = await self._before_answer(request, "poll", task.prompt if task else "")
+        if early is not None:
+            return early
+        if not isinstance(body, dict) or set(body) != {"id"} or not isinstance(task_id, str):
+            return JSONResponse({"code": 400, "msg": "bad request: body must be {id}"}, 400)
+        elapsed = time.monotonic() - task.created if task else 0.0
+        if task is None or task.outcome == "lost" or elapsed < state.config.not_found_window_s:
+            return JSONResponse({"code": -22, "msg": "task not found"})
+        return JSONResponse({"code": 0, "msg": "success", "data": _poll_data(task, elapsed)})
+
+    async def _before_answer(self, request: Request, endpoint: str, prompt: str) -> Response | None:
+        """Latency, authentication and injected faults, in that order."""
+        config = self.state.config
+        await asyncio.sleep(self.state.rng.uniform(*config.latency_s))
+        expected = f"Bearer {config.api_key}"
+        if config.api_key is not None and request.headers.get("authorization") != expected:
+            self.state.stats["unauthorized"] += 1
+            return JSONResponse({"code": 401, "msg": "invalid api key"}, status_code=401)
+        rule = self._take_fault(endpoint, prompt)
+        if rule is None:
+            return None
+        self.state.stats[f"faults_{endpoint}"] += 1
+        if rule.delay_s:
+            await asyncio.sleep(rule.delay_s)
+        if rule.status is not None:
+            headers = {"Retry-After": rule.retry_after} if rule.retry_after else None
+            text = (
+                rule.body if rule.body is not None else f'{{"code": {rule.status}, "msg": "fault"}}'
+            )
+            return Response(text, status_code=rule.status, headers=headers)
+        if rule.code is not None:
+            return JSONResponse({"code": rule.code, "msg": rule.msg})
+        return None
+
+    def _take_fault(self, endpoint: str, prompt: str) -> FaultRule | None:
+        for rule, remaining in self.state.faults:
+            if rule.endpoint not in (endpoint, "any"):
+                continue
+            if rule.prompt_contains is not None and rule.prompt_contains not in prompt:
+                continue
+            if rule.times is not None:
+                if remaining[0] <= 0:
+                    continue
+                remaining[0] -= 1
+            return rule
+        return None
+
+    def _outcome_for(self, prompt: str) -> str:
+        directive = DIRECTIVE.search(prompt)
+        if directive:
+            sequence = directive.group(1).split(",")
+            nth = self.state.submits_by_prompt[prompt] - 1
+            return sequence[min(nth, len(sequence) - 1)]
+        mix = self.state.config.mix
+        return self.state.rng.choices(list(mix), weights=list(mix.values()))[0]
+
+    # --- control -------------------------------------------------------------------------
+
+    def add_fault(self, rule: FaultRule) -> None:
+        self.state.faults.append((rule, [rule.times or 0]))
+
+    def clear_faults(self) -> None:
+        self.state.faults.clear()
+
+    async def _faults(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.clear_faults()
+            return JSONResponse({"faults": 0})
+        body = await _json_body(request)
+        try:
+            rules = [
+                FaultRule.model_validate(r) for r in (body if isinstance(body, list) else [body])
+            ]
+        except ValidationError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        for rule in rules:
+            self.add_fault(rule)
+        return JSONResponse({"faults": len(self.state.faults)})
+
+    async def _config(self, request: Request) -> Response:
+        body = await _json_body(request)
+        try:
+            merged = self.state.config.model_dump() | (body if isinstance(body, dict) else {})
+            self.state.config = SimulatorConfig.model_validate(merged)
+        except ValidationError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return JSONResponse(self.state.config.model_dump())
+
+    async def _stats(self, request: Request) -> Response:
+        return JSONResponse(self.stats())
+
+    async def _reset(self, request: Request) -> Response:
+        config = self.state.config
+        self.state = _State(config=config, rng=random.Random(config.seed))
+        return JSONResponse({"reset": True})
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, and how many times each prompt was submitted (to count duplicates)."""
+        return {
+            **self.state.stats,
+            "tasks": len(self.state.tasks),
+            "submits_by_prompt": dict(self.state.submits_by_prompt),
+        }
+
+
+def _poll_data(task: _SimTask, elapsed: float) -> dict[str, Any]:
+    fraction = elapsed / task.duration_s if task.duration_s > 0 else 1.0
+    # Input moderation answers early, before any video exists.
+    if task.outcome == "input_moderation":
+        fraction *= 5
+    data: dict[str, Any] = {"id": task.id, "progress": min(99, int(fraction * 100))}
+    if fraction < 1:
+        return data | {"status": "running", "failure_reason": "", "error": ""}
+    if task.outcome in ("succeeded", "no_url"):
+        data |= {"status": "succeeded", "progress": 100, "failure_reason": "", "error": ""}
+        url = f"https://videos.example.com/{task.id}.mp4" if task.outcome == "succeeded" else None
+        if task.model == "sora-2":
+            data["results"] = [{"url": url}] if url else []
+        else:
+            data["url"] = url or ""
+        return data
+    errors = {
+        "input_moderation": "the prompt breaks the content policy",
+        "output_moderation": "the video broke the content policy",
+    }
+    return data | {
+        "status": "failed",
+        "failure_reason": task.outcome,
+        "error": errors.get(task.outcome, "generation failed upstream"),
+    }
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
+def _check_keys(body: dict[str, Any], model_type: type[BaseModel]) -> None:
+    """Every documented key that is always sent is present; optional ones are never empty."""
+    extra = set(body) - set(model_type.model_fields)
+    if extra:
+        raise ValueError(f"unexpected keys {sorted(extra)}")
+    always = REQUIRED_KEYS[model_type.__name__]
+    missing = always - set(body)
+    if missing:
+        raise ValueError(f"missing keys {sorted(missing)}")
+    empty = [key for key, value in body.items() if value in (None, "", [])]
+    if empty:
+        raise ValueError(f"empty optional keys {sorted(empty)} must be left out")
+
+
+class SimulatorServer:
+    """Serve a :class:`Simulator` on a loopback port in a background thread.
+
+    ``with SimulatorServer() as sim: sim.base_url`` gives a live URL; used by the demo, tests
+    and benchmarks. Port 0 picks a free port.
+    """
+
+    def __init__(
+        self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.simulator = Simulator(config)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.simulator.app, log_level="warning", access_log=False, lifespan="off"
+            )
+        )
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> SimulatorServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the simulator did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._socket.close()
+
+
+def serve(host: str, port: int, config: SimulatorConfig | None = None) -> None:
+    """Run the simulator in the foreground (the ``simulator`` command)."""
+    uvicorn.run(Simulator(config).app, host=host, port=port, log_level="info", lifespan="off")

@@ -1,0 +1,51 @@
+"""Credit accounts: grants and balances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.errors import UnknownAccount
+from grsai_pipeline.store.ledger import ensure_account, write_entries
+from grsai_pipeline.store.schema import credit_accounts
+
+
+@dataclass(frozen=True)
+class Account:
+    user_id: str
+    balance: int
+    held: int
+    updated_at: datetime
+
+
+def grant_credits(engine: Engine, user_id: str, amount: int) -> Account:
+    """Add ``amount`` (> 0) spendable credits to the user's account, creating it if needed."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError(f"AMOUNT must be a positive integer, got {amount!r}")
+    if not user_id.strip():
+        raise ValueError("USER must not be empty")
+    now = utc_now()
+    with engine.begin() as conn:
+        ensure_account(conn, user_id, now)
+        write_entries(
+            conn, [LedgerEntry(user_id=user_id, kind=EntryKind.GRANT, amount=amount)], now
+        )
+    return get_account(engine, user_id)
+
+
+def get_account(engine: Engine, user_id: str) -> Account:
+    with reading(engine) as conn:
+        row = conn.execute(
+            sa.select(credit_accounts).where(credit_accounts.c.user_id == user_id)
+        ).one_or_none()
+    if row is None:
+        raise UnknownAccount(user_id)
+    return Account(
+        user_id=row.user_id, balance=row.balance, held=row.held, updated_at=row.updated_at
+    )

@@ -1,0 +1,243 @@
+"""Batches: creation with its reservations in one transaction, and what a person reads back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
+from grsai_pipeline.domain.pricing import PriceTable
+from grsai_pipeline.domain.states import QUEUED, BatchStatus, FailureKind, TaskStatus
+from grsai_pipeline.domain.tasks import InvalidTask, TaskSpec, validate_task
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.errors import InsufficientCredits, UnknownBatch
+from grsai_pipeline.store.ledger import ensure_account, lock_balance, write_entries
+from grsai_pipeline.store.schema import batch_jobs, video_tasks
+
+TASK_STATUSES = tuple(s.value for s in TaskStatus)
+FINAL = [TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value]
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    batch_id: str
+    total_tasks: int
+    invalid_tasks: int
+    reserved_credits: int
+
+
+def create_batch(
+    engine: Engine, user_id: str, tasks: Sequence[object], prices: PriceTable
+) -> NewBatch:
+    """Write a batch, its tasks and one ``reserve`` per valid task, all or nothing.
+
+    Invalid tasks are stored at once as ``failed`` with price 0 and reserve nothing. If the
+    balance cannot cover the valid tasks, nothing is written and InsufficientCredits is raised.
+    """
+    if not tasks:
+        raise ValueError("a batch needs at least one task")
+    if not user_id.strip():
+        raise ValueError("USER must not be empty")
+    now = utc_now()
+    batch_id = str(uuid.uuid4())
+    rows, entries = [], []
+    for index, raw in enumerate(tasks):
+        task_id = str(uuid.uuid4())
+        try:
+            spec = validate_task(raw)
+        except InvalidTask as exc:
+            rows.append(_invalid_task_row(raw, str(exc)))
+        else:
+            price = prices.price_of(spec)
+            rows.append(_valid_task_row(spec, price))
+            if price > 0:
+                entries.append(
+                    LedgerEntry(user_id, EntryKind.RESERVE, price, batch_id, task_id, reservation=1)
+                )
+        rows[-1].update(
+            id=task_id,
+            user_id=user_id,
+            batch_job_id=batch_id,
+            batch_index=index,
+            attempts=0,
+            progress=0,
+            created_at=now,
+            updated_at=now,
+        )
+    needed = sum(e.amount for e in entries)
+    with engine.begin() as conn:
+        ensure_account(conn, user_id, now)
+        balance = lock_balance(conn, user_id) or 0
+        if balance < needed:
+            raise InsufficientCredits(user_id, balance, needed)
+        conn.execute(
+            batch_jobs.insert().values(
+                id=batch_id,
+                user_id=user_id,
+                status=BatchStatus.PENDING.value,
+                total_tasks=len(rows),
+                reserved_credits=needed,
+                charged_credits=0,
+                refunded_credits=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(video_tasks.insert(), rows)
+        write_entries(conn, entries, now)
+    invalid = sum(1 for r in rows if r["status"] == TaskStatus.FAILED)
+    return NewBatch(batch_id, len(rows), invalid, needed)
+
+
+def _valid_task_row(spec: TaskSpec, price: int) -> dict[str, Any]:
+    return {
+        "status": TaskStatus.PENDING.value,
+        "prompt": spec.prompt,
+        "model": spec.model,
+        "reference_url": spec.reference_url,
+        "aspect_ratio": spec.aspect_ratio,
+        "duration": spec.duration,
+        "meta": spec.meta,
+        "price": price,
+        # executemany takes its columns from the first row: every row names the same keys.
+        "error_message": None,
+        "failure_kind": None,
+    }
+
+
+def _invalid_task_row(raw: object, message: str) -> dict[str, Any]:
+    """Keep what can be stored of an invalid task, so a person sees what was sent."""
+    fields: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    duration = fields.get("duration")
+    meta = fields.get("meta")
+    return {
+        "status": TaskStatus.FAILED.value,
+        "prompt": _storable_text(fields.get("prompt")),
+        "model": _storable_text(fields.get("model")),
+        "reference_url": _storable_text(fields.get("reference_url")),
+        "aspect_ratio": _storable_text(fields.get("aspect_ratio")),
+        "duration": duration
+        if isinstance(duration, int)
+        and not isinstance(duration, bool)
+        and -(2**31) < duration < 2**31
+        else None,
+        "meta": dict(meta) if isinstance(meta, Mapping) else None,
+        "price": 0,
+        "error_message": message,
+        "failure_kind": FailureKind.INVALID_INPUT.value,
+    }
+
+
+def _storable_text(value: object) -> str | None:
+    if not isinstance(value, str) or "\x00" in value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class TaskView:
+    id: str
+    batch_index: int
+    status: str
+    model: str | None
+    prompt: str | None
+    video_url: str | None
+    error_message: str | None
+    attempts: int
+    progress: int
+    price: int
+    grsai_task_id: str | None
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch as ``batch status`` and the Dagster metadata show it."""
+
+    batch_id: str
+    user_id: str
+    status: str
+    total_tasks: int
+    reserved_credits: int
+    charged_credits: int
+    refunded_credits: int
+    created_at: datetime
+    settled_at: datetime | None
+    error_message: str | None
+    progress_percent: float
+    counts: dict[str, int] = field(default_factory=dict)
+    tasks: list[TaskView] = field(default_factory=list)
+
+    @property
+    def unfinished(self) -> int:
+        return self.counts[TaskStatus.PENDING] + self.counts[TaskStatus.PROCESSING]
+
+
+def get_batch(engine: Engine, batch_id: str, *, with_tasks: bool = True) -> BatchView:
+    """The batch, its counts per task status (``queued`` counted as pending) and its tasks."""
+    with reading(engine) as conn:
+        return read_batch(conn, batch_id, with_tasks=with_tasks)
+
+
+def read_batch(conn: Connection, batch_id: str, *, with_tasks: bool = True) -> BatchView:
+    batch = conn.execute(sa.select(batch_jobs).where(batch_jobs.c.id == batch_id)).one_or_none()
+    if batch is None:
+        raise UnknownBatch(batch_id)
+    counts = dict.fromkeys(TASK_STATUSES, 0)
+    # A final task counts as 100 % done, whatever its last progress figure.
+    done = sa.case((video_tasks.c.status.in_(FINAL), 100), else_=video_tasks.c.progress)
+    count_query = (
+        sa.select(video_tasks.c.status, sa.func.count(), sa.func.sum(done))
+        .where(video_tasks.c.batch_job_id == batch_id)
+        .group_by(video_tasks.c.status)
+    )
+    percent_sum = 0
+    for status, count, status_percent in conn.execute(count_query):
+        counts[TaskStatus.PENDING.value if status == QUEUED else status] += count
+        percent_sum += int(status_percent or 0)
+    total = sum(counts.values())
+    tasks = []
+    if with_tasks:
+        task_query = (
+            sa.select(
+                video_tasks.c.id,
+                video_tasks.c.batch_index,
+                video_tasks.c.status,
+                video_tasks.c.model,
+                video_tasks.c.prompt,
+                video_tasks.c.video_url,
+                video_tasks.c.error_message,
+                video_tasks.c.attempts,
+                video_tasks.c.progress,
+                video_tasks.c.price,
+                video_tasks.c.grsai_task_id,
+            )
+            .where(video_tasks.c.batch_job_id == batch_id)
+            .order_by(video_tasks.c.batch_index)
+        )
+        tasks = [TaskView(**row._mapping) for row in conn.execute(task_query)]
+    return BatchView(
+        batch_id=batch.id,
+        user_id=batch.user_id,
+        status=batch.status,
+        total_tasks=batch.total_tasks,
+        reserved_credits=batch.reserved_credits,
+        charged_credits=batch.charged_credits,
+        refunded_credits=batch.refunded_credits,
+        created_at=batch.created_at,
+        settled_at=batch.settled_at,
+        error_message=batch.error_message,
+        progress_percent=round(percent_sum / total, 1) if total else 100.0,
+        counts=counts,
+        tasks=tasks,
+    )

@@ -1,0 +1,171 @@
+"""The one place where money moves: ledger entries and the account changes they imply.
+
+Every caller passes an open transaction; entries and account updates commit or roll back
+together. The unique keys and CHECK constraints of the schema are the last word: a second
+close of a reservation, or a balance below zero, makes the whole transaction fail.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from grsai_pipeline.domain.ledger import (
+    AccountChange,
+    EntryKind,
+    LedgerEntry,
+    LedgerTotals,
+    OpenReservation,
+    account_change,
+)
+from grsai_pipeline.store.db import is_postgres
+from grsai_pipeline.store.schema import credit_accounts, credit_ledger, video_tasks
+
+
+def ensure_account(conn: Connection, user_id: str, now: datetime) -> None:
+    """Create the user's account with nothing in it, unless it exists."""
+    values = {"user_id": user_id, "balance": 0, "held": 0, "updated_at": now}
+    if is_postgres(conn):
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(credit_accounts).values(values).on_conflict_do_nothing())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(sqlite_insert(credit_accounts).values(values).on_conflict_do_nothing())
+
+
+def lock_balance(conn: Connection, user_id: str) -> int | None:
+    """The account's balance, locked until commit (PostgreSQL row lock; SQLite holds the
+    database write lock from BEGIN IMMEDIATE already)."""
+    query = (
+        sa.select(credit_accounts.c.balance)
+        .where(credit_accounts.c.user_id == user_id)
+        .with_for_update()
+    )
+    return conn.execute(query).scalar_one_or_none()
+
+
+def write_entries(conn: Connection, entries: Sequence[LedgerEntry], now: datetime) -> None:
+    """Append ``entries`` and move each account accordingly, in the caller's transaction."""
+    if not entries:
+        return
+    conn.execute(
+        credit_ledger.insert(),
+        [
+            {
+                "user_id": e.user_id,
+                "batch_job_id": e.batch_job_id,
+                "video_task_id": e.video_task_id,
+                "kind": e.kind.value,
+                "amount": e.amount,
+                "reservation": e.reservation,
+                "created_at": now,
+            }
+            for e in entries
+        ],
+    )
+    per_user: dict[str, list[LedgerEntry]] = defaultdict(list)
+    for entry in entries:
+        per_user[entry.user_id].append(entry)
+    for user_id, user_entries in sorted(per_user.items()):
+        _move_account(conn, user_id, account_change(user_entries), now)
+
+
+def _move_account(conn: Connection, user_id: str, change: AccountChange, now: datetime) -> None:
+    if change == AccountChange():
+        return
+    result = conn.execute(
+        credit_accounts.update()
+        .where(credit_accounts.c.user_id == user_id)
+        .values(
+            balance=credit_accounts.c.balance + change.balance,
+            held=credit_accounts.c.held + change.held,
+            updated_at=now,
+        )
+    )
+    if result.rowcount != 1:
+        raise LookupError(f"no credit account for user {user_id!r}")
+
+
+def open_reservations(conn: Connection, batch_id: str) -> list[OpenReservation]:
+    """Reservations of the batch with no charge or refund yet, with their task's status."""
+    closes = credit_ledger.alias("closes")
+    reserves = credit_ledger.alias("reserves")
+    has_close = (
+        sa.select(closes.c.id)
+        .where(
+            closes.c.video_task_id == reserves.c.video_task_id,
+            closes.c.reservation == reserves.c.reservation,
+            closes.c.kind.in_([EntryKind.CHARGE.value, EntryKind.REFUND.value]),
+        )
+        .exists()
+    )
+    query = (
+        sa.select(
+            reserves.c.user_id,
+            reserves.c.batch_job_id,
+            reserves.c.video_task_id,
+            reserves.c.reservation,
+            reserves.c.amount,
+            video_tasks.c.status,
+        )
+        .join(video_tasks, video_tasks.c.id == reserves.c.video_task_id)
+        .where(
+            reserves.c.batch_job_id == batch_id,
+            reserves.c.kind == EntryKind.RESERVE.value,
+            ~has_close,
+        )
+        .order_by(reserves.c.id)
+    )
+    return [
+        OpenReservation(
+            user_id=row.user_id,
+            batch_job_id=row.batch_job_id,
+            video_task_id=row.video_task_id,
+            reservation=row.reservation,
+            amount=row.amount,
+            task_status=row.status,
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def next_reservation_numbers(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
+    """For each task, the number its next reservation takes (1 when it never had one)."""
+    if not task_ids:
+        return {}
+    query = (
+        sa.select(credit_ledger.c.video_task_id, sa.func.max(credit_ledger.c.reservation))
+        .where(
+            credit_ledger.c.video_task_id.in_(task_ids),
+            credit_ledger.c.kind == EntryKind.RESERVE.value,
+        )
+        .group_by(credit_ledger.c.video_task_id)
+    )
+    highest = {task_id: number for task_id, number in conn.execute(query)}
+    return {task_id: highest.get(task_id, 0) + 1 for task_id in task_ids}
+
+
+def ledger_totals(
+    conn: Connection, *, batch_id: str | None = None, user_id: str | None = None
+) -> LedgerTotals:
+    """Sums per kind for one batch or one account."""
+    query = sa.select(
+        credit_ledger.c.kind, sa.func.coalesce(sa.func.sum(credit_ledger.c.amount), 0)
+    )
+    if batch_id is not None:
+        query = query.where(credit_ledger.c.batch_job_id == batch_id)
+    if user_id is not None:
+        query = query.where(credit_ledger.c.user_id == user_id)
+    sums = {kind: int(total) for kind, total in conn.execute(query.group_by(credit_ledger.c.kind))}
+    return LedgerTotals(
+        grants=sums.get(EntryKind.GRANT.value, 0),
+        reserves=sums.get(EntryKind.RESERVE.value, 0),
+        charges=sums.get(EntryKind.CHARGE.value, 0),
+        refunds=sums.get(EntryKind.REFUND.value, 0),
+    )

@@ -1,0 +1,132 @@
+"""The tables of SPEC section 1 as they are now (the migrations build them step by step).
+
+What makes "exactly once" true is here, in the database, not only in code:
+
+- ``uq_credit_ledger_reserve``: one ``reserve`` per (task, reservation);
+- ``uq_credit_ledger_close``: at most one ``charge`` or ``refund`` per (task, reservation);
+- CHECK constraints keep ``balance`` and ``held`` at or above zero and amounts positive;
+- triggers (in the migrations) refuse UPDATE and DELETE on ``credit_ledger``.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from grsai_pipeline.store.columns import UtcDateTime
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING)
+
+# Integer primary keys autoincrement on SQLite only as INTEGER; BIGINT elsewhere.
+LedgerId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+credit_accounts = sa.Table(
+    "credit_accounts",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("balance >= 0", name="balance_not_negative"),
+    sa.CheckConstraint("held >= 0", name="held_not_negative"),
+)
+
+batch_jobs = sa.Table(
+    "batch_jobs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("total_tasks", sa.Integer, nullable=False),
+    sa.Column("reserved_credits", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("charged_credits", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("refunded_credits", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("settled_at", UtcDateTime, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.CheckConstraint("status IN ('pending', 'running', 'settled')", name="status_known"),
+)
+
+video_tasks = sa.Table(
+    "video_tasks",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("batch_job_id", sa.String(36), sa.ForeignKey("batch_jobs.id"), nullable=False),
+    sa.Column("batch_index", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=True),
+    sa.Column("model", sa.Text, nullable=True),
+    sa.Column("reference_url", sa.Text, nullable=True),
+    sa.Column("aspect_ratio", sa.Text, nullable=True),
+    sa.Column("duration", sa.Integer, nullable=True),
+    sa.Column("meta", sa.JSON, nullable=True),
+    sa.Column("video_url", sa.Text, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("grsai_task_id", sa.Text, nullable=True),
+    sa.Column("progress", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("price", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    # Ours: why a task failed (decides retries), when it went out, and who is submitting it.
+    sa.Column("failure_kind", sa.String(32), nullable=True),
+    sa.Column("submitted_at", UtcDateTime, nullable=True),
+    sa.Column("not_found_since", UtcDateTime, nullable=True),
+    sa.Column("claimed_by", sa.String(64), nullable=True),
+    sa.Column("claimed_at", UtcDateTime, nullable=True),
+    sa.UniqueConstraint("batch_job_id", "batch_index", name="uq_video_tasks_batch_index"),
+    sa.CheckConstraint(
+        "status IN ('pending', 'queued', 'processing', 'succeeded', 'failed')", name="status_known"
+    ),
+    sa.CheckConstraint("progress BETWEEN 0 AND 100", name="progress_percent"),
+    sa.CheckConstraint("price >= 0", name="price_not_negative"),
+    sa.Index("ix_video_tasks_status_batch", "status", "batch_job_id"),
+)
+
+credit_ledger = sa.Table(
+    "credit_ledger",
+    metadata,
+    sa.Column("id", LedgerId, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Text, sa.ForeignKey("credit_accounts.user_id"), nullable=False),
+    sa.Column("batch_job_id", sa.String(36), sa.ForeignKey("batch_jobs.id"), nullable=True),
+    sa.Column("video_task_id", sa.String(36), sa.ForeignKey("video_tasks.id"), nullable=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("reservation", sa.Integer, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("kind IN ('grant', 'reserve', 'charge', 'refund')", name="kind_known"),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.CheckConstraint(
+        "(kind = 'grant' AND reservation IS NULL AND video_task_id IS NULL)"
+        " OR (kind <> 'grant' AND reservation >= 1 AND video_task_id IS NOT NULL"
+        " AND batch_job_id IS NOT NULL)",
+        name="task_entries_numbered",
+    ),
+    sa.Index("ix_credit_ledger_batch_job_id", "batch_job_id"),
+    sa.Index("ix_credit_ledger_user_id", "user_id"),
+    sa.Index(
+        "uq_credit_ledger_reserve",
+        "video_task_id",
+        "reservation",
+        unique=True,
+        sqlite_where=sa.text("kind = 'reserve'"),
+        postgresql_where=sa.text("kind = 'reserve'"),
+    ),
+    sa.Index(
+        "uq_credit_ledger_close",
+        "video_task_id",
+        "reservation",
+        unique=True,
+        sqlite_where=sa.text("kind IN ('charge', 'refund')"),
+        postgresql_where=sa.text("kind IN ('charge', 'refund')"),
+    ),
+)

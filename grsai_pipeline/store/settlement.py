@@ -1,0 +1,98 @@
+"""Settlement: charge what succeeded, refund what failed, exactly once per reservation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from grsai_pipeline.domain.ledger import closing_entry
+from grsai_pipeline.domain.states import UNFINISHED_STATUSES, BatchStatus
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.errors import UnknownBatch
+from grsai_pipeline.store.ledger import ledger_totals, open_reservations, write_entries
+from grsai_pipeline.store.schema import batch_jobs, video_tasks
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one settlement attempt did. ``unfinished`` > 0 means it waited and wrote nothing."""
+
+    batch_id: str
+    status: str
+    unfinished: int
+    entries_written: int
+    reserved_credits: int
+    charged_credits: int
+    refunded_credits: int
+
+    @property
+    def settled(self) -> bool:
+        return self.status == BatchStatus.SETTLED
+
+
+def settle_batch(engine: Engine, batch_id: str) -> Settlement:
+    """Close every open reservation of a batch whose tasks are all final, and mark it settled.
+
+    Safe to call at any time and from several runners at once: the batch row is locked for the
+    transaction, and the ledger's unique keys refuse a second close of any reservation. A batch
+    already settled with nothing open is left exactly as it is (no write at all).
+    """
+    now = utc_now()
+    with engine.begin() as conn:
+        batch = conn.execute(
+            sa.select(batch_jobs).where(batch_jobs.c.id == batch_id).with_for_update()
+        ).one_or_none()
+        if batch is None:
+            raise UnknownBatch(batch_id)
+        unfinished = conn.execute(
+            sa.select(sa.func.count()).where(
+                video_tasks.c.batch_job_id == batch_id,
+                video_tasks.c.status.in_(list(UNFINISHED_STATUSES)),
+            )
+        ).scalar_one()
+        if unfinished:
+            return Settlement(
+                batch_id,
+                batch.status,
+                unfinished,
+                0,
+                batch.reserved_credits,
+                batch.charged_credits,
+                batch.refunded_credits,
+            )
+        entries = [e for r in open_reservations(conn, batch_id) if (e := closing_entry(r))]
+        if batch.status == BatchStatus.SETTLED and not entries:
+            return Settlement(
+                batch_id,
+                batch.status,
+                0,
+                0,
+                batch.reserved_credits,
+                batch.charged_credits,
+                batch.refunded_credits,
+            )
+        write_entries(conn, entries, now)
+        totals = ledger_totals(conn, batch_id=batch_id)
+        conn.execute(
+            batch_jobs.update()
+            .where(batch_jobs.c.id == batch_id)
+            .values(
+                status=BatchStatus.SETTLED.value,
+                reserved_credits=totals.reserves,
+                charged_credits=totals.charges,
+                refunded_credits=totals.refunds,
+                settled_at=now,
+                updated_at=now,
+            )
+        )
+    return Settlement(
+        batch_id,
+        BatchStatus.SETTLED.value,
+        0,
+        len(entries),
+        totals.reserves,
+        totals.charges,
+        totals.refunds,
+    )
