@@ -241,3 +241,31 @@ def read_batch(conn: Connection, batch_id: str, *, with_tasks: bool = True) -> B
         counts=counts,
         tasks=tasks,
     )
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    id: str
+    status: str
+    created_at: datetime
+
+
+def batches_created_since(engine: Engine, since: datetime | None, limit: int) -> list[BatchHeader]:
+    """Batches created at or after ``since`` (all when None), oldest first."""
+    query = sa.select(batch_jobs.c.id, batch_jobs.c.status, batch_jobs.c.created_at)
+    if since is not None:
+        query = query.where(batch_jobs.c.created_at >= since)
+    query = query.order_by(batch_jobs.c.created_at, batch_jobs.c.id).limit(limit)
+    with reading(engine) as conn:
+        return [BatchHeader(row.id, row.status, row.created_at) for row in conn.execute(query)]
+
+
+def unsettled_batch_ids(engine: Engine) -> list[str]:
+    """Batches with work left: unfinished tasks, or final tasks not yet settled."""
+    query = (
+        sa.select(batch_jobs.c.id)
+        .where(batch_jobs.c.status != BatchStatus.SETTLED.value)
+        .order_by(batch_jobs.c.created_at, batch_jobs.c.id)
+    )
+    with reading(engine) as conn:
+        return list(conn.scalars(query))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -169,3 +170,37 @@ def ledger_totals(
         charges=sums.get(EntryKind.CHARGE.value, 0),
         refunds=sums.get(EntryKind.REFUND.value, 0),
     )
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    id: int
+    user_id: str
+    batch_job_id: str | None
+    video_task_id: str | None
+    batch_index: int | None
+    kind: str
+    amount: int
+    reservation: int | None
+    created_at: datetime
+
+
+def list_entries(conn: Connection, *, user_id: str) -> list[LedgerRow]:
+    """The account's ledger, oldest first, with each task's place in its batch."""
+    query = (
+        sa.select(
+            credit_ledger.c.id,
+            credit_ledger.c.user_id,
+            credit_ledger.c.batch_job_id,
+            credit_ledger.c.video_task_id,
+            video_tasks.c.batch_index,
+            credit_ledger.c.kind,
+            credit_ledger.c.amount,
+            credit_ledger.c.reservation,
+            credit_ledger.c.created_at,
+        )
+        .outerjoin(video_tasks, video_tasks.c.id == credit_ledger.c.video_task_id)
+        .where(credit_ledger.c.user_id == user_id)
+        .order_by(credit_ledger.c.id)
+    )
+    return [LedgerRow(**row._mapping) for row in conn.execute(query)]

@@ -11,6 +11,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Not alembic's default name: Dagster's own PostgreSQL storage keeps an "alembic_version" table,
+# and the two may share one database.
+VERSION_TABLE = "grsai_schema_version"
 
 
 def _alembic_config() -> Config:
@@ -29,7 +32,8 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
 
 
 def head_revision() -> str:

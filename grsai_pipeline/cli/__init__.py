@@ -1,0 +1,48 @@
+"""The ``grsai-pipeline`` command. Exit codes: 0 success, 1 failure, 2 bad usage or bad input;
+every error is one line on stderr."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+
+from grsai_pipeline.cli.batches import batch
+from grsai_pipeline.cli.credits import credits
+from grsai_pipeline.cli.database import db
+from grsai_pipeline.cli.demo import demo
+from grsai_pipeline.cli.errors import one_line
+from grsai_pipeline.cli.run import run
+from grsai_pipeline.cli.simulator import simulator
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="grsai-pipeline")
+def cli() -> None:
+    """Batch AI video generation through the Grsai API, settled exactly once.
+
+    Settings come from the environment (and an optional .env file); see the README.
+    """
+
+
+for command in (db, credits, batch, run, simulator, demo):
+    cli.add_command(command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the console script: click without its multi-line error blocks."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = cli.main(args=argv, prog_name="grsai-pipeline", standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"grsai-pipeline: error: {one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("grsai-pipeline: aborted", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        click.echo(f"grsai-pipeline: error: {type(exc).__name__}: {one_line(str(exc))}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

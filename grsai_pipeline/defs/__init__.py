@@ -1,0 +1,1 @@
+"""Dagster only: thin wrappers that call :mod:`grsai_pipeline.steps` and the store."""

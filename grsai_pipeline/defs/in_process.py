@@ -1,0 +1,65 @@
+"""Materialize one batch's partition in this process, against a given Dagster instance.
+
+Used by ``grsai-pipeline run`` and ``demo``: the run is an ordinary ``batch_pipeline`` run in
+the instance (so it shows in the UI), but it bypasses the run queue; the database claims keep
+it safe beside runs the daemon launched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from grsai_pipeline.defs.jobs import batch_pipeline, batch_run_tags
+from grsai_pipeline.defs.partitions import BATCHES
+
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    success: bool
+    failure: str | None
+
+
+def run_batch(
+    instance: dg.DagsterInstance,
+    batch_id: str,
+    *,
+    poll_budget_s: float | None,
+    trigger: str,
+    quiet: bool = True,
+) -> RunResult:
+    """One run of ``batch_pipeline`` for the batch; adds its partition when missing."""
+    from grsai_pipeline.definitions import defs
+
+    if not instance.has_dynamic_partition(BATCHES, batch_id):
+        instance.add_dynamic_partitions(BATCHES, [batch_id])
+    run_config: dict[str, object] = {
+        "ops": {"polled_results": {"config": {"budget_s": poll_budget_s}}}
+    }
+    if quiet:
+        run_config |= QUIET_CONSOLE
+    result = defs.resolve_job_def(batch_pipeline.name).execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        partition_key=batch_id,
+        tags=batch_run_tags(batch_id, trigger),
+        raise_on_error=False,
+    )
+    return RunResult(result.run_id, result.success, None if result.success else _failure(result))
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    """The first step failure's own message (a Failure's description, else the error)."""
+    for event in result.all_events:
+        if event.event_type != dg.DagsterEventType.STEP_FAILURE:
+            continue
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return data.user_failure_data.description
+        if data.error is not None:
+            return data.error.message.strip()
+    return "the run failed; see its events in the Dagster UI"

@@ -1,0 +1,56 @@
+"""``new_batches_sensor``: a partition and exactly one run for every batch Dagster has not seen.
+
+The cursor is a high-water mark of ``batch_jobs.created_at``. Each tick re-reads a short window
+before it (a writer's clock may lag, or its transaction commit late) and skips batches whose
+partition exists, so none is missed and none is requested twice; ``run_key`` guards the rest.
+Settled batches get a partition (to be seen in the UI) but no run: a run of a settled batch
+would retry its failures, which is an operator's decision.
+"""
+
+# No "from __future__ import annotations": Dagster reads these hints at definition time.
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from grsai_pipeline.defs.jobs import batch_pipeline, batch_run_tags
+from grsai_pipeline.defs.partitions import BATCHES, batches
+from grsai_pipeline.defs.resources import AppDatabase
+from grsai_pipeline.domain.states import BatchStatus
+from grsai_pipeline.store.batches import batches_created_since
+
+LOOKBACK = timedelta(minutes=10)
+MAX_BATCHES_PER_TICK = 1000
+
+
+@dg.sensor(
+    job=batch_pipeline,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Adds a partition and requests one run for each new batch.",
+)
+def new_batches_sensor(
+    context: dg.SensorEvaluationContext, app_db: AppDatabase
+) -> dg.SensorResult | dg.SkipReason:
+    high_water = datetime.fromisoformat(context.cursor) if context.cursor else None
+    since = high_water - LOOKBACK if high_water else None
+    seen = batches_created_since(app_db.engine(), since, MAX_BATCHES_PER_TICK)
+    known = set(context.instance.get_dynamic_partitions(BATCHES))
+    new = [b for b in seen if b.id not in known]
+    if seen:
+        high_water = max(high_water or seen[-1].created_at, seen[-1].created_at)
+    cursor = high_water.isoformat() if high_water else None
+    if not new:
+        return dg.SensorResult(cursor=cursor, skip_reason="no new batch")
+    runs = [
+        dg.RunRequest(
+            partition_key=b.id, run_key=f"new-batch:{b.id}", tags=batch_run_tags(b.id, "sensor")
+        )
+        for b in new
+        if b.status != BatchStatus.SETTLED
+    ]
+    context.log.info(f"{len(new)} new batch(es); {len(runs)} run(s) requested")
+    return dg.SensorResult(
+        run_requests=runs,
+        dynamic_partitions_requests=[batches.build_add_request([b.id for b in new])],
+        cursor=cursor,
+    )
