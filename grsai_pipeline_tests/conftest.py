@@ -1,0 +1,181 @@
+"""Shared fixtures: real databases (SQLite files and the PostgreSQL server), the simulator
+over loopback HTTP, and the environment a run reads its settings from.
+
+PostgreSQL tests find the server through ``GRSAI_TEST_POSTGRES_URL`` (a psycopg2 URL of a
+database the user may create databases from) and skip with the reason when it is unset, unless
+``GRSAI_REQUIRE_POSTGRES=1`` (CI), where a missing server is an error instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.store import db as store_db
+from grsai_pipeline.store.migrate import upgrade_schema
+
+PG_URL_ENV = "GRSAI_TEST_POSTGRES_URL"
+REQUIRE_PG_ENV = "GRSAI_REQUIRE_POSTGRES"
+# Distinctive, so that a test can search every output and table for it.
+TEST_API_KEY = "sk-test-7Qf2xK9pL4vR8mN3"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Settings a test must not inherit from the developer's shell.
+_SETTING_NAMES = (
+    "GRSAI_API_KEY", "GRSAI_BASE_URL", "GRSAI_DATABASE_URL", "APP_URL", "NEXT_PUBLIC_APP_URL",
+    "GRSAI_WEBHOOK_SECRET", "MAX_TASK_RETRIES", "GRSAI_MAX_CONCURRENCY", "GRSAI_POLL_INTERVAL_S",
+    "GRSAI_POLL_BUDGET_S", "DAGSTER_HOME", "DAGSTER_PG_URL", "GRSAI_HTTP_TIMEOUT_S",
+    "GRSAI_RETRY_BUDGET_S", "GRSAI_BACKOFF_BASE_S", "GRSAI_BACKOFF_MAX_S",
+    "GRSAI_NOT_FOUND_GRACE_S", "GRSAI_TASK_TIMEOUT_S", "GRSAI_CLAIM_LEASE_S", "GRSAI_PRICES",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting leaks in from the shell, and no ``.env`` file from the checkout is read."""
+    for name in _SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def postgres_admin_url() -> str | None:
+    return os.environ.get(PG_URL_ENV) or None
+
+
+def require_postgres() -> str:
+    url = postgres_admin_url()
+    if url is None:
+        if os.environ.get(REQUIRE_PG_ENV) == "1":
+            pytest.fail(f"{PG_URL_ENV} is not set but {REQUIRE_PG_ENV}=1 requires PostgreSQL tests")
+        pytest.skip(
+            f"PostgreSQL tests need {PG_URL_ENV} (e.g. postgresql+psycopg2://postgres@127.0.0.1/postgres)"
+        )
+    return url
+
+
+class PostgresDatabases:
+    """Fresh databases on the test server, cloned from one migrated template."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.base_url = sa.engine.make_url(admin_url)
+        self.template = f"grsai_tpl_{uuid.uuid4().hex[:10]}"
+        self.created: list[str] = []
+
+    def url_of(self, name: str) -> str:
+        return self.base_url.set(database=name).render_as_string(hide_password=False)
+
+    def create(self, *, migrated: bool = True) -> str:
+        name = f"grsai_t_{uuid.uuid4().hex[:12]}"
+        template = f" TEMPLATE {self.template}" if migrated else ""
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}{template}")
+        self.created.append(name)
+        return self.url_of(name)
+
+    def make_template(self) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {self.template}")
+        engine = sa.create_engine(self.url_of(self.template))
+        upgrade_schema(engine)
+        engine.dispose()
+
+    def drop(self, name: str) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def close(self) -> None:
+        for name in [*self.created, self.template]:
+            self.drop(name)
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases(require_postgres())
+    databases.make_template()
+    yield databases
+    databases.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    upgrade_schema(engine)
+    engine.dispose()
+    return path
+
+
+def _forget_engine(url: str) -> None:
+    engine = store_db._ENGINES.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[str]:
+    """A migrated, empty application database: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("app") / "app.db"
+        shutil.copyfile(sqlite_template, path)
+        url = f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_databases").create()
+    yield url
+    _forget_engine(url)
+
+
+@pytest.fixture
+def engine(database_url: str) -> sa.Engine:
+    return store_db.get_engine(database_url)
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    """A fast simulator on a loopback port that expects TEST_API_KEY; plain prompts succeed."""
+    config = SimulatorConfig(
+        api_key=TEST_API_KEY,
+        latency_s=(0.001, 0.005),
+        generation_s=(0.2, 0.5),
+        mix={"succeeded": 1.0},
+        seed=1234,
+    )
+    with SimulatorServer(config) as server:
+        yield server
+
+
+def pipeline_settings(database_url: str, base_url: str) -> dict[str, str]:
+    """The environment of a fast run against the simulator: short intervals and budgets."""
+    return {
+        "GRSAI_API_KEY": TEST_API_KEY,
+        "GRSAI_BASE_URL": base_url,
+        "GRSAI_DATABASE_URL": database_url,
+        "GRSAI_POLL_INTERVAL_S": "0.1",
+        "GRSAI_POLL_BUDGET_S": "20",
+        "GRSAI_MAX_CONCURRENCY": "8",
+        "GRSAI_HTTP_TIMEOUT_S": "2",
+        "GRSAI_RETRY_BUDGET_S": "1",
+        "GRSAI_BACKOFF_BASE_S": "0.01",
+        "GRSAI_BACKOFF_MAX_S": "0.05",
+    }
+
+
+@pytest.fixture
+def pipeline_env(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, simulator: SimulatorServer
+) -> dict[str, str]:
+    """Settings in the environment, as a deployment sets them, pointing at the simulator."""
+    env = pipeline_settings(database_url, simulator.base_url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
