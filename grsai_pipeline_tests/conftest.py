@@ -179,3 +179,19 @@ def pipeline_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many tests ran against each database, so a CI log shows PostgreSQL was used."""
+    for database in ("sqlite", "postgresql"):
+        counts = {
+            outcome: sum(
+                1
+                for report in terminalreporter.stats.get(outcome, [])
+                if getattr(report, "when", "call") in ("call", "setup")
+                and f"[{database}" in report.nodeid
+            )
+            for outcome in ("passed", "failed", "skipped", "error")
+        }
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n) or "none"
+        terminalreporter.write_line(f"application database {database}: {summary}")

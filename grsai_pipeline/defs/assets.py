@@ -42,7 +42,10 @@ def _step_context(
     context: dg.AssetExecutionContext, app_db: AppDatabase, grsai: GrsaiApi
 ) -> StepContext:
     return StepContext(
-        engine=app_db.engine(), settings=grsai.settings(), runner_id=context.run_id, log=context.log
+        engine=app_db.engine(),
+        settings=grsai.settings(),
+        runner_id=context.run.run_id,
+        log=context.log,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dagster as dg
 
 from grsai_pipeline.defs.assets import BATCH_ASSETS
-from grsai_pipeline.defs.partitions import batches
 
 BATCH_ID_TAG = "batch_id"
 TRIGGER_TAG = "grsai/trigger"
@@ -13,7 +12,6 @@ TRIGGER_TAG = "grsai/trigger"
 batch_pipeline = dg.define_asset_job(
     "batch_pipeline",
     selection=dg.AssetSelection.assets(*BATCH_ASSETS),
-    partitions_def=batches,
     executor_def=dg.in_process_executor,
     description="Validate, submit, follow and settle one batch (a partition per batch).",
 )

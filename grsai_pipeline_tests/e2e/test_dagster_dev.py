@@ -1,0 +1,68 @@
+"""Under `dagster dev` with an empty DAGSTER_HOME, a batch made with the command line is picked
+up by the sensor and settles, with no manual launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.instance.ref import InstanceRef
+
+from grsai_pipeline_tests.e2e.conftest import WORKSPACE, dagster_process, free_port, wait_for
+from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, rows
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, env: dict[str, str]) -> str:
+    script = Path(sys.executable).with_name("grsai-pipeline")
+    result = subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_sensor_picks_up_a_new_batch_and_it_settles(
+    pipeline_env, engine, simulator, tmp_path
+) -> None:
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent))
+    assert dagster
+    log = tmp_path / "dagster-dev.log"
+    args = [dagster, "dev", "-w", str(WORKSPACE), "-p", str(free_port()), "-h", "127.0.0.1"]
+
+    with dagster_process(args, env, tmp_path, log):
+        cli("credits", "grant", "carol", "1000", env=env)
+        batch_file = tmp_path / "batch.json"
+        batch_file.write_text(
+            json.dumps(
+                [
+                    {"prompt": "a lighthouse at dawn", "model": "sora-2"},
+                    {"prompt": "a red kite [sim:input_moderation]", "model": "veo-flash"},
+                    {"prompt": "waves", "model": "veo-pro"},
+                ]
+            )
+        )
+        batch_id = cli("batch", "create", str(batch_file), "--user", "carol", env=env).strip()
+
+        def settled() -> bool:
+            found = rows(engine, "SELECT status FROM batch_jobs WHERE id = :b", b=batch_id)
+            return bool(found) and found[0]["status"] == "settled"
+
+        wait_for(settled, 150, "the batch to settle under dagster dev", log)
+
+    assert ledger_kinds(engine, batch_id) == {"reserve": 3, "charge": 2, "refund": 1}
+    assert_ledger_invariants(engine)
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+        runs = instance.get_run_records(filters=dg.RunsFilter(tags={"batch_id": batch_id}))
+        assert runs, "the sensor's run is in the instance"
+        assert runs[-1].dagster_run.tags["grsai/trigger"] == "sensor"
+        assert runs[-1].dagster_run.job_name == "batch_pipeline"
+        assert batch_id in instance.get_dynamic_partitions("batches")

@@ -1,0 +1,143 @@
+"""Ticks of the sensor and the schedule on a real Dagster instance, reading a real database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from grsai_pipeline.definitions import defs
+from grsai_pipeline_tests.helpers import new_batch
+
+TASK = {"prompt": "a", "model": "sora-2"}
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
+    monkeypatch.setenv("GRSAI_DATABASE_URL", database_url)
+
+
+def sensor_tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    """Evaluate one tick and apply what the daemon applies: new partitions and the cursor."""
+    sensor = defs.resolve_sensor_def("new_batches_sensor")
+    context = dg.build_sensor_context(
+        instance_ref=instance.get_ref(),
+        cursor=cursor,
+        definitions=defs,
+        resources=defs.resources,
+    )
+    data = sensor.evaluate_tick(context)
+    for request in data.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return data
+
+
+def test_new_batches_get_a_partition_and_exactly_one_run_each(app_env, engine, instance) -> None:
+    first, second = new_batch(engine, [TASK]), new_batch(engine, [TASK, TASK])
+
+    tick = sensor_tick(instance, None)
+
+    assert sorted(r.partition_key for r in tick.run_requests) == sorted([first, second])
+    assert len({r.run_key for r in tick.run_requests}) == 2
+    assert set(instance.get_dynamic_partitions("batches")) == {first, second}
+    assert all(r.tags["batch_id"] == r.partition_key for r in tick.run_requests)
+
+    repeat = sensor_tick(instance, tick.cursor)
+    assert not repeat.run_requests
+    assert set(instance.get_dynamic_partitions("batches")) == {first, second}
+
+    third = new_batch(engine, [TASK])
+    later = sensor_tick(instance, repeat.cursor)
+    assert [r.partition_key for r in later.run_requests] == [third]
+
+
+def test_a_batch_created_with_an_older_timestamp_is_not_missed(app_env, engine, instance) -> None:
+    first = new_batch(engine, [TASK])
+    tick = sensor_tick(instance, None)
+    late = new_batch(engine, [TASK])
+    # Another writer's clock lags a minute: its batch looks older than the cursor.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE batch_jobs SET created_at = :t WHERE id = :b"),
+            {"t": datetime.fromisoformat(tick.cursor) - timedelta(minutes=1), "b": late},
+        )
+    again = sensor_tick(instance, tick.cursor)
+    assert [r.partition_key for r in again.run_requests] == [late]
+    assert first in instance.get_dynamic_partitions("batches")
+
+
+def test_a_settled_batch_gets_a_partition_but_no_run(app_env, engine, instance) -> None:
+    batch_id = new_batch(engine, [TASK])
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE batch_jobs SET status = 'settled' WHERE id = :b"), {"b": batch_id}
+        )
+    tick = sensor_tick(instance, None)
+    assert not tick.run_requests
+    assert batch_id in instance.get_dynamic_partitions("batches")
+
+
+def schedule_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+    schedule = defs.resolve_schedule_def("repoll_processing_schedule")
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 11, 22, 12, 0, tzinfo=UTC),
+        repository_def=defs.get_repository_def(),
+        resources=defs.resources,
+    )
+    data = schedule.evaluate_tick(context)
+    return list(data.run_requests or [])
+
+
+def test_schedule_requests_only_unsettled_batches_with_a_partition(
+    app_env, engine, instance
+) -> None:
+    processing = new_batch(engine, [TASK])
+    settled = new_batch(engine, [TASK])
+    unknown_to_dagster = new_batch(engine, [TASK])
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE video_tasks SET status = 'processing', grsai_task_id = 'r' WHERE batch_job_id = :b"
+            ),
+            {"b": processing},
+        )
+        conn.execute(
+            sa.text("UPDATE batch_jobs SET status = 'running' WHERE id = :b"), {"b": processing}
+        )
+        conn.execute(
+            sa.text("UPDATE video_tasks SET status = 'succeeded' WHERE batch_job_id = :b"),
+            {"b": settled},
+        )
+        conn.execute(
+            sa.text("UPDATE batch_jobs SET status = 'settled' WHERE id = :b"), {"b": settled}
+        )
+    instance.add_dynamic_partitions("batches", [processing, settled])
+
+    requests = schedule_tick(instance)
+
+    assert [r.partition_key for r in requests] == [processing]
+    assert unknown_to_dagster not in {r.partition_key for r in requests}
+    assert requests[0].run_key and processing in requests[0].run_key
+
+
+def test_schedule_skips_a_batch_that_a_run_is_working_on(app_env, engine, instance) -> None:
+    busy, idle = new_batch(engine, [TASK]), new_batch(engine, [TASK])
+    instance.add_dynamic_partitions("batches", [busy, idle])
+    job = defs.resolve_job_def("batch_pipeline")
+    run = instance.create_run_for_job(job, tags={"dagster/partition": busy, "batch_id": busy})
+    instance.handle_run_event(
+        run.run_id,
+        dg.DagsterEvent(
+            event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name, message="start"
+        ),
+    )
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+    assert [r.partition_key for r in schedule_tick(instance)] == [idle]
+
+
+def test_schedule_with_nothing_to_do_requests_nothing(app_env, engine, instance) -> None:
+    assert schedule_tick(instance) == []
