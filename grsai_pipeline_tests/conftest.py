@@ -193,5 +193,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             )
             for outcome in ("passed", "failed", "skipped", "error")
         }
-        summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n) or "none"
-        terminalreporter.write_line(f"application database {database}: {summary}")
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
+        if summary:
+            terminalreporter.write_line(f"application database {database}: {summary}")
