@@ -21,4 +21,6 @@ def callback_url(app_url: str, secret: str, task_id: str) -> str:
 
 
 def token_is_valid(secret: str, task_id: str, token: str) -> bool:
-    return hmac.compare_digest(callback_token(secret, task_id), token)
+    # Compare bytes: compare_digest refuses str with non-ASCII characters instead of saying no.
+    expected = callback_token(secret, task_id).encode()
+    return hmac.compare_digest(expected, token.encode("utf-8", "backslashreplace"))

@@ -21,7 +21,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_before_delay,
     wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
@@ -68,10 +67,19 @@ class SubmitAnswer:
     code: int
     msg: str
     task_id: str | None = None
+    # Earlier tries of this submit whose answer was lost: each may have created a remote task.
+    uncertain_tries: int = 0
 
     @property
     def accepted(self) -> bool:
         return self.code == 0 and bool(self.task_id)
+
+
+@dataclass
+class _Tries:
+    """Per request: failed tries after which the server may still have acted (answer lost)."""
+
+    uncertain: int = 0
 
 
 class _Transient(Exception):
@@ -111,6 +119,11 @@ class GrsaiClient:
     ) -> None:
         self._secret = api_key.get_secret_value()
         self._retry = retry or RetrySettings()
+        self._backoff = wait_exponential_jitter(
+            multiplier=self._retry.backoff_base_s,
+            max=self._retry.backoff_max_s,
+            jitter=self._retry.backoff_base_s,
+        )
         self._slots = asyncio.Semaphore(max_concurrency)
         self._paused_until = 0.0
         self.stats = ApiStats()
@@ -140,23 +153,28 @@ class GrsaiClient:
     ) -> SubmitAnswer:
         """Submit one task. Raises RunStopped, ApiUnavailable or RateLimited (see ``errors``)."""
         path, body = submit_request(task, webhook)
-        payload = await self._post(path, body, deadline)
+        tries = _Tries()
+        payload = await self._post(path, body, deadline, tries)
         try:
             answer = SubmitResponse.model_validate(payload)
         except ValidationError:
-            raise ApiUnavailable("submit answer is not in the documented shape") from None
+            raise ApiUnavailable(
+                "submit answer is not in the documented shape", tries.uncertain + 1
+            ) from None
         if answer.code != 0:
             self._stop_if_out_of_credits(answer.msg)
-            return SubmitAnswer(code=answer.code, msg=answer.msg or f"code {answer.code}")
+            msg = answer.msg or f"code {answer.code}"
+            return SubmitAnswer(code=answer.code, msg=msg, uncertain_tries=tries.uncertain)
         if answer.data is None or not answer.data.id:
-            return SubmitAnswer(code=answer.code, msg="submit answer carries no task id")
-        return SubmitAnswer(code=0, msg=answer.msg, task_id=answer.data.id)
+            msg = "submit answer carries no task id"
+            return SubmitAnswer(code=answer.code, msg=msg, uncertain_tries=tries.uncertain)
+        return SubmitAnswer(0, answer.msg, answer.data.id, uncertain_tries=tries.uncertain)
 
     async def poll(
         self, task_id: str, *, is_sora: bool, deadline: float | None = None
     ) -> RemoteResult:
         """Fetch one task's state. Raises RunStopped, ApiUnavailable or RateLimited."""
-        payload = await self._post(POLL_PATH, {"id": task_id}, deadline)
+        payload = await self._post(POLL_PATH, {"id": task_id}, deadline, _Tries())
         try:
             answer = PollResponse.model_validate(payload)
         except ValidationError:
@@ -170,39 +188,52 @@ class GrsaiClient:
         if any(phrase in lowered for phrase in _NO_CREDITS_PHRASES):
             raise UpstreamCreditsExhausted(self._redact(msg))
 
-    async def _post(self, path: str, body: dict[str, Any], deadline: float | None) -> Any:
+    async def _post(
+        self, path: str, body: dict[str, Any], deadline: float | None, tries: _Tries
+    ) -> Any:
+        # One limit for every wait of this request: the retry budget, or the caller's deadline.
+        limit = time.monotonic() + self._retry.budget_s
+        if deadline is not None:
+            limit = min(limit, deadline)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
             wait=self._wait,
-            stop=stop_before_delay(self._retry.budget_s) | _StopAtDeadline(deadline),
+            stop=_StopAtDeadline(limit),
             before_sleep=self._count_retry,
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._post_once(path, body)
+                    return await self._post_once(path, body, limit, tries)
         except _TooManyRequests:
             raise RateLimited(f"HTTP 429 on {path} until the retry deadline") from None
         except _Transient as exc:
-            raise ApiUnavailable(self._redact(f"{exc} on {path}")) from None
+            raise ApiUnavailable(self._redact(f"{exc} on {path}"), tries.uncertain) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _post_once(self, path: str, body: dict[str, Any]) -> Any:
-        delay = self._paused_until - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def _post_once(self, path: str, body: dict[str, Any], limit: float, tries: _Tries) -> Any:
+        resume_at = self._paused_until
+        if resume_at > limit:
+            raise RateLimited(f"paused by a Retry-After past the deadline before {path}")
+        if resume_at > time.monotonic():
+            await asyncio.sleep(resume_at - time.monotonic())
         async with self._slots:
             self.stats.calls += 1
             try:
                 response = await self._http.post(path, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise _Transient(f"connection error ({type(exc).__name__})") from None
             except httpx.TimeoutException as exc:
+                tries.uncertain += 1
                 raise _Transient(f"timeout ({type(exc).__name__})") from None
             except httpx.TransportError as exc:
+                # The request went out; the server may have acted on it before the answer was lost.
+                tries.uncertain += 1
                 raise _Transient(f"connection error ({type(exc).__name__}: {exc})") from None
-        return self._read(response)
+        return self._read(response, tries)
 
-    def _read(self, response: httpx.Response) -> Any:
+    def _read(self, response: httpx.Response, tries: _Tries) -> Any:
         status = response.status_code
         if status in (401, 403):
             raise ApiAccessDenied(status)
@@ -215,8 +246,10 @@ class GrsaiClient:
         if status >= 500 or status == 408:
             raise _Transient(f"HTTP {status}")
         try:
-            payload = response.json()
+            # Whatever the API says back (an echoed key in a message, say) is redacted first.
+            payload = json.loads(self._redact(response.text))
         except (json.JSONDecodeError, UnicodeDecodeError):
+            tries.uncertain += 1
             raise _Transient(f"HTTP {status} with a body that is not JSON") from None
         if status >= 400:
             # Other 4xx: the API refused this request itself; answer like a business error.
@@ -228,12 +261,7 @@ class GrsaiClient:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, _TooManyRequests) and exc.retry_after_s is not None:
             return exc.retry_after_s
-        backoff = wait_exponential_jitter(
-            initial=self._retry.backoff_base_s,
-            max=self._retry.backoff_max_s,
-            jitter=self._retry.backoff_base_s,
-        )
-        return float(backoff(retry_state))
+        return float(self._backoff(retry_state))
 
     def _count_retry(self, retry_state: RetryCallState) -> None:
         self.stats.retries += 1

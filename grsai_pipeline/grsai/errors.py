@@ -44,7 +44,16 @@ class UpstreamCreditsExhausted(RunStopped):
 
 
 class ApiUnavailable(GrsaiError):
-    """Transient failures for the whole retry budget; ``str()`` says the last one."""
+    """Transient failures for the whole retry budget; ``str()`` says the last one.
+
+    ``uncertain_tries`` counts tries whose request went out but whose answer was lost (a read
+    timeout, a dropped connection, a body that is not JSON): for a submit, each may have created
+    a remote task, so resubmitting it may make a duplicate.
+    """
+
+    def __init__(self, message: str, uncertain_tries: int = 0) -> None:
+        self.uncertain_tries = uncertain_tries
+        super().__init__(message)
 
 
 class RateLimited(GrsaiError):
