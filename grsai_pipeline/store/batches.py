@@ -158,6 +158,7 @@ class TaskView:
     progress: int
     price: int
     grsai_task_id: str | None
+    possible_duplicates: int
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,8 @@ class BatchView:
     settled_at: datetime | None
     error_message: str | None
     progress_percent: float
+    # Submits that may have reached the API twice (see store/claims.py); 0 in a quiet life.
+    possible_duplicates: int
     counts: dict[str, int] = field(default_factory=dict)
     tasks: list[TaskView] = field(default_factory=list)
 
@@ -197,14 +200,20 @@ def read_batch(conn: Connection, batch_id: str, *, with_tasks: bool = True) -> B
     # A final task counts as 100 % done, whatever its last progress figure.
     done = sa.case((video_tasks.c.status.in_(FINAL), 100), else_=video_tasks.c.progress)
     count_query = (
-        sa.select(video_tasks.c.status, sa.func.count(), sa.func.sum(done))
+        sa.select(
+            video_tasks.c.status,
+            sa.func.count(),
+            sa.func.sum(done),
+            sa.func.sum(video_tasks.c.possible_duplicates),
+        )
         .where(video_tasks.c.batch_job_id == batch_id)
         .group_by(video_tasks.c.status)
     )
-    percent_sum = 0
-    for status, count, status_percent in conn.execute(count_query):
+    percent_sum = duplicates = 0
+    for status, count, status_percent, status_duplicates in conn.execute(count_query):
         counts[TaskStatus.PENDING.value if status == QUEUED else status] += count
         percent_sum += int(status_percent or 0)
+        duplicates += int(status_duplicates or 0)
     total = sum(counts.values())
     tasks = []
     if with_tasks:
@@ -221,6 +230,7 @@ def read_batch(conn: Connection, batch_id: str, *, with_tasks: bool = True) -> B
                 video_tasks.c.progress,
                 video_tasks.c.price,
                 video_tasks.c.grsai_task_id,
+                video_tasks.c.possible_duplicates,
             )
             .where(video_tasks.c.batch_job_id == batch_id)
             .order_by(video_tasks.c.batch_index)
@@ -238,6 +248,7 @@ def read_batch(conn: Connection, batch_id: str, *, with_tasks: bool = True) -> B
         settled_at=batch.settled_at,
         error_message=batch.error_message,
         progress_percent=round(percent_sum / total, 1) if total else 100.0,
+        possible_duplicates=duplicates,
         counts=counts,
         tasks=tasks,
     )

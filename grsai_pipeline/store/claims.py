@@ -43,6 +43,8 @@ class ClaimedTask:
     attempts: int
     spec: TaskSpec | None
     invalid_reason: str | None
+    # Taken over from a claim whose lease ran out: counted as a possible duplicate.
+    reclaimed: bool = False
 
 
 def task_spec_of(row: Any) -> TaskSpec:
@@ -82,17 +84,26 @@ def claim_pending_tasks(
         )
         .order_by(t.batch_job_id, t.batch_index)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        # NO KEY UPDATE: the ledger's foreign-key checks on these rows need not wait for us.
+        .with_for_update(skip_locked=True, key_share=True)
     )
     with engine.begin() as conn:
         rows = conn.execute(candidates).all()
         if not rows:
             return []
         ids = [row.id for row in rows]
+        # A claim that outlived its lease belonged to a runner that died or stalled: it may
+        # have sent the submit without recording the answer, so this one may be a duplicate.
         conn.execute(
             video_tasks.update()
             .where(t.id.in_(ids))
-            .values(claimed_by=runner_id, claimed_at=now, updated_at=now)
+            .values(
+                claimed_by=runner_id,
+                claimed_at=now,
+                updated_at=now,
+                possible_duplicates=t.possible_duplicates
+                + sa.case((t.claimed_by.is_not(None), 1), else_=0),
+            )
         )
         conn.execute(
             batch_jobs.update()
@@ -109,7 +120,15 @@ def claim_pending_tasks(
         except InvalidTask as exc:
             spec, reason = None, str(exc)
         claimed.append(
-            ClaimedTask(row.id, row.batch_job_id, row.batch_index, row.attempts, spec, reason)
+            ClaimedTask(
+                row.id,
+                row.batch_job_id,
+                row.batch_index,
+                row.attempts,
+                spec,
+                reason,
+                reclaimed=row.claimed_by is not None,
+            )
         )
     return claimed
 
@@ -124,6 +143,8 @@ class SubmitOutcome:
     rejected: str | None = None
     exhausted: str | None = None
     invalid: str | None = None
+    # Tries of this submit whose answer was lost: each may have made a remote task.
+    uncertain_tries: int = 0
 
 
 def record_submit_outcomes(
@@ -139,44 +160,32 @@ def record_submit_outcomes(
     if not outcomes:
         return tally
     now = utc_now()
-    released, written = [], []
-    for outcome in outcomes:
-        values = _values_after(outcome, policy, now)
-        if values is None:
-            released.append(outcome.task.id)
-            tally["released"] += 1
-        else:
-            written.append({"task_id": outcome.task.id, **values})
-            tally[values["status"]] += 1
     t = video_tasks.c
-    # No IN (...) here: expanding parameters cannot go through executemany.
-    waiting = sa.or_(*(t.status == status for status in WAITING))
-    mine = sa.and_(t.claimed_by == runner_id, waiting)
+    mine = sa.and_(t.claimed_by == runner_id, t.status.in_(WAITING))
     with engine.begin() as conn:
-        if released:
-            conn.execute(
-                video_tasks.update()
-                .where(t.id.in_(released), mine)
-                .values(claimed_by=None, claimed_at=None, updated_at=now)
-            )
-        if written:
-            conn.execute(
-                video_tasks.update()
-                .where(t.id == sa.bindparam("task_id"), mine)
-                .values({name: sa.bindparam(name) for name in written[0] if name != "task_id"}),
-                written,
-            )
+        # One statement per task: each tells whether this runner still held the claim.
+        for outcome in outcomes:
+            values = _values_after(outcome, policy, now)
+            if values is None:
+                values, result = {}, "released"
+            else:
+                result = values["status"]
+            values |= {"claimed_by": None, "claimed_at": None, "updated_at": now}
+            if outcome.uncertain_tries:
+                values["possible_duplicates"] = t.possible_duplicates + outcome.uncertain_tries
+            written = conn.execute(
+                video_tasks.update().where(t.id == outcome.task.id, mine).values(values)
+            ).rowcount
+            tally[result if written else "claim_lost"] += 1
     return tally
 
 
 def _values_after(
     outcome: SubmitOutcome, policy: RetryPolicy, now: datetime
 ) -> dict[str, Any] | None:
-    common = {"claimed_by": None, "claimed_at": None, "updated_at": now, "not_found_since": None}
     attempts = outcome.task.attempts + 1
     if outcome.grsai_task_id is not None:
         return {
-            **common,
             "status": TaskStatus.PROCESSING.value,
             "grsai_task_id": outcome.grsai_task_id,
             "submitted_at": now,
@@ -184,25 +193,23 @@ def _values_after(
             "progress": 0,
             "error_message": None,
             "failure_kind": None,
+            "not_found_since": None,
         }
     if outcome.invalid is not None:
-        return _failed(common, outcome.task.attempts, outcome.invalid, FailureKind.INVALID_INPUT)
+        return _failed(outcome.task.attempts, outcome.invalid, FailureKind.INVALID_INPUT)
     if outcome.rejected is not None:
-        return _failed(common, attempts, outcome.rejected, FailureKind.API_ERROR)
+        return _failed(attempts, outcome.rejected, FailureKind.API_ERROR)
     if outcome.exhausted is not None:
         change = after_submit_failure(outcome.exhausted, attempts=attempts, policy=policy)
         assert change.failure_kind is not None and change.error_message is not None
-        values = _failed(common, attempts, change.error_message, change.failure_kind)
+        values = _failed(attempts, change.error_message, change.failure_kind)
         values["status"] = change.status.value
         return values
     return None
 
 
-def _failed(
-    common: dict[str, Any], attempts: int, message: str, kind: FailureKind
-) -> dict[str, Any]:
+def _failed(attempts: int, message: str, kind: FailureKind) -> dict[str, Any]:
     return {
-        **common,
         "status": TaskStatus.FAILED.value,
         "grsai_task_id": None,
         "submitted_at": None,
@@ -210,4 +217,5 @@ def _failed(
         "progress": 0,
         "error_message": message,
         "failure_kind": kind.value,
+        "not_found_since": None,
     }

@@ -82,38 +82,26 @@ def record_poll_changes(engine: Engine, changes: Sequence[tuple[PollTarget, Task
     Each write is guarded by ``status = 'processing'`` and the remote id that was polled, so a
     late answer never moves a final task back nor touches a newer attempt.
     """
-    rows = [
-        _values_after(target, change) for target, change in changes if not is_noop(target, change)
-    ]
-    if not rows:
+    updates = [(t, c) for t, c in changes if not is_noop(t, c)]
+    if not updates:
         return 0
     now = utc_now()
     t = video_tasks.c
-    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        row["updated_at"] = now
-        by_shape.setdefault(tuple(sorted(row)), []).append(row)
+    written = 0
     with engine.begin() as conn:
-        for shape, same_shape in by_shape.items():
-            statement = (
-                video_tasks.update()
-                .where(
-                    t.id == sa.bindparam("b_id"),
-                    t.grsai_task_id == sa.bindparam("b_grsai_task_id"),
-                    t.status == TaskStatus.PROCESSING.value,
-                )
-                .values({name: sa.bindparam(name) for name in shape if not name.startswith("b_")})
+        for target, change in updates:
+            guard = sa.and_(
+                t.id == target.id,
+                t.grsai_task_id == target.grsai_task_id,
+                t.status == TaskStatus.PROCESSING.value,
             )
-            conn.execute(statement, same_shape)
-    return len(rows)
+            values = _values_after(target, change) | {"updated_at": now}
+            written += conn.execute(video_tasks.update().where(guard).values(values)).rowcount
+    return written
 
 
 def _values_after(target: PollTarget, change: TaskChange) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "b_id": target.id,
-        "b_grsai_task_id": target.grsai_task_id,
-        "status": change.status.value,
-    }
+    values: dict[str, Any] = {"status": change.status.value}
     if change.status is TaskStatus.PROCESSING:
         values["progress"] = target.progress if change.progress is None else change.progress
         values["not_found_since"] = change.not_found_since

@@ -50,15 +50,18 @@ def prepare_batch(engine: Engine, batch_id: str) -> Preparation:
     batch settles). Writes nothing when there is nothing to do."""
     now = utc_now()
     t = video_tasks.c
+    retried = credits = short = 0
     with engine.begin() as conn:
         batch = conn.execute(
             sa.select(batch_jobs).where(batch_jobs.c.id == batch_id).with_for_update()
         ).one_or_none()
         if batch is None:
             raise UnknownBatch(batch_id)
-        retried = credits = short = 0
         if batch.status == BatchStatus.SETTLED:
             retried, credits, short = _start_retries(conn, batch_id, batch.user_id, now)
+    # A second transaction that locks task rows only: claims lock task rows and then the batch
+    # row, so holding the batch row while waiting for task rows could deadlock with them.
+    with engine.begin() as conn:
         requeued = conn.execute(
             video_tasks.update()
             .where(t.batch_job_id == batch_id, t.status == QUEUED)

@@ -83,6 +83,7 @@ video_tasks = sa.Table(
     sa.Column("not_found_since", UtcDateTime, nullable=True),
     sa.Column("claimed_by", sa.String(64), nullable=True),
     sa.Column("claimed_at", UtcDateTime, nullable=True),
+    sa.Column("possible_duplicates", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("batch_job_id", "batch_index", name="uq_video_tasks_batch_index"),
     sa.CheckConstraint(
         "status IN ('pending', 'queued', 'processing', 'succeeded', 'failed')", name="status_known"
@@ -107,8 +108,8 @@ credit_ledger = sa.Table(
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.CheckConstraint(
         "(kind = 'grant' AND reservation IS NULL AND video_task_id IS NULL)"
-        " OR (kind <> 'grant' AND reservation >= 1 AND video_task_id IS NOT NULL"
-        " AND batch_job_id IS NOT NULL)",
+        " OR (kind <> 'grant' AND reservation IS NOT NULL AND reservation >= 1"
+        " AND video_task_id IS NOT NULL AND batch_job_id IS NOT NULL)",
         name="task_entries_numbered",
     ),
     sa.Index("ix_credit_ledger_batch_job_id", "batch_job_id"),

@@ -100,7 +100,8 @@ def test_schedule_requests_only_unsettled_batches_with_a_partition(
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "UPDATE video_tasks SET status = 'processing', grsai_task_id = 'r' WHERE batch_job_id = :b"
+                "UPDATE video_tasks SET status = 'processing', grsai_task_id = 'r'"
+                " WHERE batch_job_id = :b"
             ),
             {"b": processing},
         )
