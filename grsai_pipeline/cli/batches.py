@@ -108,6 +108,7 @@ def batch_json(view: BatchView) -> dict[str, Any]:
         "reserved_credits": view.reserved_credits,
         "charged_credits": view.charged_credits,
         "refunded_credits": view.refunded_credits,
+        "possible_duplicates": view.possible_duplicates,
         "created_at": view.created_at.isoformat(),
         "settled_at": view.settled_at.isoformat() if view.settled_at else None,
         "tasks": [
@@ -121,6 +122,7 @@ def batch_json(view: BatchView) -> dict[str, Any]:
                 "attempts": task.attempts,
                 "progress": task.progress,
                 "price": task.price,
+                "possible_duplicates": task.possible_duplicates,
             }
             for task in view.tasks
         ],
@@ -129,10 +131,15 @@ def batch_json(view: BatchView) -> dict[str, Any]:
 
 def describe_batch(view: BatchView) -> str:
     counts = ", ".join(f"{count} {status}" for status, count in view.counts.items() if count)
+    duplicates = (
+        f"; {view.possible_duplicates} possible duplicate submit(s)"
+        if view.possible_duplicates
+        else ""
+    )
     return (
         f"batch {view.batch_id} ({view.user_id}): {view.status}, {counts}; "
         f"credits reserved {view.reserved_credits}, charged {view.charged_credits}, "
-        f"refunded {view.refunded_credits}"
+        f"refunded {view.refunded_credits}{duplicates}"
     )
 
 

@@ -26,7 +26,10 @@ def grant(user: str, amount: int) -> None:
     if not user.strip():
         raise BadInput("USER must not be empty")
     engine = database_or_exit(settings_or_exit())
-    account = grant_credits(engine, user, amount)
+    try:
+        account = grant_credits(engine, user, amount)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     click.echo(f"granted {amount} credits to {user}: {_describe(account)}")
 
 

@@ -112,6 +112,7 @@ def submitted_tasks(
             **batch_metadata(view),
             **api_metadata(stats),
             "submitted_now": report.submitted,
+            "possible_duplicates_now": report.possible_duplicates,
             "paused_by_429": report.rate_limited_pause,
         }
     )
@@ -147,6 +148,7 @@ def polled_results(
             "poll_rounds": report.rounds,
             "polls_unanswered": report.unanswered,
             "resubmitted": report.resubmit.submitted,
+            "possible_duplicates_now": report.resubmit.possible_duplicates,
             "poll_budget_spent": report.budget_spent,
         },
         check_results=[

@@ -22,6 +22,7 @@ def batch_metadata(view: BatchView) -> dict[str, Any]:
         "credits_reserved": view.reserved_credits,
         "credits_charged": view.charged_credits,
         "credits_refunded": view.refunded_credits,
+        "possible_duplicates": view.possible_duplicates,
         "dagster/row_count": view.total_tasks,
     }
     if view.tasks:

@@ -70,9 +70,10 @@ class FaultRule(BaseModel):
     """One injected fault. It hits requests of ``endpoint`` whose prompt (the submitted one, or
     the polled task's) contains ``prompt_contains``, ``times`` times (None: until cleared).
 
-    The answer is, in order of precedence: a delay of ``delay_s`` then, if ``status`` is set,
-    that HTTP status with ``body`` (raw text) and ``Retry-After``; else, if ``code`` is set, an
-    HTTP 200 JSON answer ``{"code": code, "msg": msg}``; else the normal answer, late.
+    The answer is, in order of precedence: if ``status`` is set, that HTTP status with ``body``
+    (raw text) and ``Retry-After``; else, if ``code`` is set, an HTTP 200 JSON answer
+    ``{"code": code, "msg": msg}``; else the normal answer. Either comes ``delay_s`` late; a
+    late submit is accepted first, so a client that times out has still created the task.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -146,7 +147,7 @@ class Simulator:
         state.stats["submit_requests"] += 1
         body = await _json_body(request)
         prompt = body.get("prompt") if isinstance(body, dict) else None
-        early = await self._before_answer(
+        early, late_by = await self._before_answer(
             request, "submit", prompt if isinstance(prompt, str) else ""
         )
         if early is not None:
@@ -173,6 +174,9 @@ class Simulator:
         )
         state.tasks[task.id] = task
         state.stats["submits_accepted"] += 1
+        # Like a slow API: the task exists upstream before the late answer leaves, so a client
+        # that gives up waiting has made a task it does not know about.
+        await asyncio.sleep(late_by)
         return JSONResponse({"code": 0, "msg": "success", "data": {"id": task.id}})
 
     async def _poll(self, request: Request) -> Response:
@@ -181,9 +185,10 @@ class Simulator:
         body = await _json_body(request)
         task_id = body.get("id") if isinstance(body, dict) else None
         task = state.tasks.get(task_id) if isinstance(task_id, str) else None
-        early = await self._before_answer(request, "poll", task.prompt if task else "")
+        early, late_by = await self._before_answer(request, "poll", task.prompt if task else "")
         if early is not None:
             return early
+        await asyncio.sleep(late_by)
         if not isinstance(body, dict) or set(body) != {"id"} or not isinstance(task_id, str):
             return JSONResponse({"code": 400, "msg": "bad request: body must be {id}"}, 400)
         elapsed = time.monotonic() - task.created if task else 0.0
@@ -191,29 +196,31 @@ class Simulator:
             return JSONResponse({"code": -22, "msg": "task not found"})
         return JSONResponse({"code": 0, "msg": "success", "data": _poll_data(task, elapsed)})
 
-    async def _before_answer(self, request: Request, endpoint: str, prompt: str) -> Response | None:
-        """Latency, authentication and injected faults, in that order."""
+    async def _before_answer(
+        self, request: Request, endpoint: str, prompt: str
+    ) -> tuple[Response | None, float]:
+        """Latency, authentication and injected faults, in that order. Returns a fault's answer,
+        or None and how long to hold back the normal answer."""
         config = self.state.config
         await asyncio.sleep(self.state.rng.uniform(*config.latency_s))
         expected = f"Bearer {config.api_key}"
         if config.api_key is not None and request.headers.get("authorization") != expected:
             self.state.stats["unauthorized"] += 1
-            return JSONResponse({"code": 401, "msg": "invalid api key"}, status_code=401)
+            return JSONResponse({"code": 401, "msg": "invalid api key"}, status_code=401), 0.0
         rule = self._take_fault(endpoint, prompt)
         if rule is None:
-            return None
+            return None, 0.0
         self.state.stats[f"faults_{endpoint}"] += 1
-        if rule.delay_s:
-            await asyncio.sleep(rule.delay_s)
+        if rule.status is None and rule.code is None:
+            return None, rule.delay_s
+        await asyncio.sleep(rule.delay_s)
         if rule.status is not None:
             headers = {"Retry-After": rule.retry_after} if rule.retry_after else None
             text = (
                 rule.body if rule.body is not None else f'{{"code": {rule.status}, "msg": "fault"}}'
             )
-            return Response(text, status_code=rule.status, headers=headers)
-        if rule.code is not None:
-            return JSONResponse({"code": rule.code, "msg": rule.msg})
-        return None
+            return Response(text, status_code=rule.status, headers=headers), 0.0
+        return JSONResponse({"code": rule.code, "msg": rule.msg}), 0.0
 
     def _take_fault(self, endpoint: str, prompt: str) -> FaultRule | None:
         for rule, remaining in self.state.faults:

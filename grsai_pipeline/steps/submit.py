@@ -25,9 +25,12 @@ from grsai_pipeline.store.claims import (
 
 @dataclass
 class SubmitReport:
-    """What the submit loop did: tasks per resulting status, and whether a 429 paused it."""
+    """What the submit loop did: tasks per resulting status (``processing``, ``failed``,
+    ``pending`` to try again, ``released`` unsent, ``claim_lost`` to another runner), possible
+    duplicates it made, and whether a 429 paused it."""
 
     tasks: Counter[str] = field(default_factory=Counter)
+    possible_duplicates: int = 0
     rate_limited_pause: bool = False
 
     @property
@@ -36,6 +39,7 @@ class SubmitReport:
 
     def add(self, other: SubmitReport) -> None:
         self.tasks.update(other.tasks)
+        self.possible_duplicates += other.possible_duplicates
         self.rate_limited_pause |= other.rate_limited_pause
 
 
@@ -103,10 +107,12 @@ class _SubmitLoop:
             self.report.rate_limited_pause = True
             return SubmitOutcome(task)
         except ApiUnavailable as exc:
-            return SubmitOutcome(task, exhausted=str(exc))
+            return SubmitOutcome(task, exhausted=str(exc), uncertain_tries=exc.uncertain_tries)
         if answer.accepted:
-            return SubmitOutcome(task, grsai_task_id=answer.task_id)
-        return SubmitOutcome(task, rejected=answer.msg)
+            return SubmitOutcome(
+                task, grsai_task_id=answer.task_id, uncertain_tries=answer.uncertain_tries
+            )
+        return SubmitOutcome(task, rejected=answer.msg, uncertain_tries=answer.uncertain_tries)
 
     async def _record_finished(self) -> None:
         if not self.finished:
@@ -120,3 +126,6 @@ class _SubmitLoop:
             self.ctx.settings.retry_policy,
         )
         self.report.tasks.update(tally)
+        self.report.possible_duplicates += sum(
+            o.uncertain_tries + (1 if o.task.reclaimed else 0) for o in outcomes
+        )
