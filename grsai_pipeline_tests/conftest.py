@@ -170,6 +170,18 @@ def pipeline_settings(database_url: str, base_url: str) -> dict[str, str]:
     }
 
 
+def e2e_settings(database_url: str, base_url: str, tmp_path: Path) -> dict[str, str]:
+    """``pipeline_settings`` plus a Dagster home and the short budgets of the fault tests."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    return pipeline_settings(database_url, base_url) | {
+        "DAGSTER_HOME": str(home),
+        "GRSAI_HTTP_TIMEOUT_S": "0.5",
+        "GRSAI_NOT_FOUND_GRACE_S": "0.5",
+        "MAX_TASK_RETRIES": "2",
+    }
+
+
 @pytest.fixture
 def pipeline_env(
     monkeypatch: pytest.MonkeyPatch, database_url: str, simulator: SimulatorServer

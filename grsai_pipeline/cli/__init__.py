@@ -34,6 +34,8 @@ for command in (db, credits, batch, run, simulator, demo):
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script: click without its multi-line error blocks."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Dagster's own notices (an instance without dagster.yaml, say) are not ours to print.
+    logging.getLogger("dagster").setLevel(logging.ERROR)
     try:
         code = cli.main(args=argv, prog_name="grsai-pipeline", standalone_mode=False)
     except click.ClickException as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import click
@@ -63,7 +62,6 @@ def run_until(
     progress: bool | None = None,
 ) -> BatchView:
     """One run, or runs until settled; each run's poll budget never outlasts the timeout."""
-    logging.getLogger("dagster").setLevel(logging.WARNING)
     engine = database_or_exit(settings)
     deadline = None if timeout is None else time.monotonic() + timeout
     with batch_progress(engine, batch_id, enabled=progress):
