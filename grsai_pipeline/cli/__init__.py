@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("dagster").setLevel(logging.ERROR)
     try:
         code = cli.main(args=argv, prog_name="grsai-pipeline", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "usage: grsai-pipeline COMMAND", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"grsai-pipeline: error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)

@@ -57,7 +57,7 @@ def read_batch_file(file: str) -> list[dict[str, Any]]:
     except UnicodeDecodeError:
         raise BadInput(f"FILE {file} is not UTF-8 text") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise BadInput(
             f"FILE {file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -70,6 +70,11 @@ def read_batch_file(file: str) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise BadInput(f"FILE {file}: item {index} is {_kind(item)}, not a task object")
     return data
+
+
+def _refuse_constant(name: str) -> None:
+    # Python's json reads NaN and Infinity, which JSON itself does not have.
+    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
 
 
 def _kind(value: object) -> str:

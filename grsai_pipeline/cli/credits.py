@@ -16,7 +16,8 @@ def credits() -> None:
     """Users' credit accounts."""
 
 
-@credits.command("grant")
+# Parse "-5" as an AMOUNT (refused below, by name), not as an unknown option.
+@credits.command("grant", context_settings={"ignore_unknown_options": True})
 @click.argument("user")
 @click.argument("amount", type=int)
 def grant(user: str, amount: int) -> None:

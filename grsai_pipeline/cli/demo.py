@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import dagster as dg
 import pandas as pd
-from dagster._core.instance.ref import InstanceRef
 
 from grsai_pipeline.cli.batches import describe_batch, tasks_table
 from grsai_pipeline.cli.errors import Failed
-from grsai_pipeline.cli.run import run_until
+from grsai_pipeline.cli.run import open_instance, run_until
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
 from grsai_pipeline.store.accounts import get_account, grant_credits
@@ -104,8 +102,7 @@ def demo(workdir: Path | None) -> None:
             f"simulator at {sim.base_url}; batch {new.batch_id}: {new.total_tasks} tasks, "
             f"{new.invalid_tasks} invalid, {new.reserved_credits} credits reserved"
         )
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
-        with instance:
+        with open_instance(settings) as instance:
             view = run_until(
                 instance, settings, new.batch_id, until_settled=True, timeout=DEMO_TIMEOUT_S
             )

@@ -3,8 +3,10 @@ settings and the database."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from grsai_pipeline.config import Settings, SettingsError, load_settings
@@ -43,6 +45,10 @@ def settings_or_exit() -> Settings:
 
 def database_or_exit(settings: Settings) -> Engine:
     """The application database, at the schema this version expects."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        # Connecting would create an empty file; say what to do instead.
+        raise Failed(f"no database at {url.database}: run `grsai-pipeline db init`")
     engine = get_engine(settings.database_url)
     try:
         revision = current_revision(engine)

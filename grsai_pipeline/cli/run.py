@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 import dagster as dg
+from dagster._core.instance.ref import InstanceRef
 
 from grsai_pipeline.cli.batches import describe_batch
 from grsai_pipeline.cli.errors import BadInput, Failed, database_or_exit, settings_or_exit
@@ -41,15 +43,23 @@ def run(batch_id: str, until_settled: bool, timeout: float | None) -> None:
         get_batch(engine, batch_id, with_tasks=False)
     except UnknownBatch as exc:
         raise BadInput(str(exc)) from None
-    if not settings.dagster_home:
-        raise BadInput("DAGSTER_HOME is not set: set it to a directory for Dagster's run history")
-    with dg.DagsterInstance.get() as instance:
+    with open_instance(settings) as instance:
         view = run_until(instance, settings, batch_id, until_settled=until_settled, timeout=timeout)
     click.echo(describe_batch(view))
     if until_settled and view.status != BatchStatus.SETTLED:
         raise Failed(
             f"batch {batch_id} is not settled after {timeout} s: {view.unfinished} unfinished"
         )
+
+
+def open_instance(settings: Settings) -> dg.DagsterInstance:
+    """The Dagster instance in ``DAGSTER_HOME`` (read from the settings, so ``.env`` counts)."""
+    if not settings.dagster_home:
+        raise BadInput("DAGSTER_HOME is not set: set it to a directory for Dagster's run history")
+    home = Path(settings.dagster_home).expanduser()
+    if not home.is_dir():
+        raise BadInput(f"invalid setting DAGSTER_HOME: {home} is not a directory")
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home.resolve())))
 
 
 def run_until(

@@ -14,7 +14,9 @@ import dagster as dg
 from grsai_pipeline.defs.jobs import batch_pipeline, batch_run_tags
 from grsai_pipeline.defs.partitions import BATCHES
 
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The caller reports a failed run in its own words; Dagster's console log would repeat it with
+# stack traces. The events stay in the instance for the UI.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass(frozen=True)
