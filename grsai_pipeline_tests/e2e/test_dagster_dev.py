@@ -1,5 +1,6 @@
 """Under `dagster dev` with an empty DAGSTER_HOME, a batch made with the command line is picked
-up by the sensor and settles, with no manual launch."""
+up by the sensor and settles, with no manual launch; a backfill of its partition from Dagster
+then retries its retryable failure with a new reservation."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def cli(*args: str, env: dict[str, str]) -> str:
     return result.stdout
 
 
-def test_sensor_picks_up_a_new_batch_and_it_settles(
+FLAKY = "a kite over dunes [sim:error,error,error,succeeded]"
+
+
+def test_sensor_picks_up_a_new_batch_it_settles_and_a_backfill_retries_it(
     pipeline_env, engine, simulator, tmp_path
 ) -> None:
     dagster_home = tmp_path / "dagster_home"
@@ -47,6 +51,7 @@ def test_sensor_picks_up_a_new_batch_and_it_settles(
                     {"prompt": "a lighthouse at dawn", "model": "sora-2"},
                     {"prompt": "a red kite [sim:input_moderation]", "model": "veo-flash"},
                     {"prompt": "waves", "model": "veo-pro"},
+                    {"prompt": FLAKY, "model": "sora-2"},
                 ]
             )
         )
@@ -57,12 +62,29 @@ def test_sensor_picks_up_a_new_batch_and_it_settles(
             return bool(found) and found[0]["status"] == "settled"
 
         wait_for(settled, 150, "the batch to settle under dagster dev", log)
+        assert ledger_kinds(engine, batch_id) == {"reserve": 4, "charge": 2, "refund": 2}
+        assert_ledger_invariants(engine)
 
-    assert ledger_kinds(engine, batch_id) == {"reserve": 3, "charge": 2, "refund": 1}
+        backfill = [dagster, "job", "backfill", "-w", str(WORKSPACE), "-j", "batch_pipeline",
+                    "--partitions", batch_id, "--noprompt"]  # fmt: skip
+        launched = subprocess.run(backfill, env=env, cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=120)  # fmt: skip
+        assert launched.returncode == 0, launched.stdout + launched.stderr
+
+        def retried() -> bool:
+            return ledger_kinds(engine, batch_id).get("charge") == 3 and settled()
+
+        wait_for(retried, 150, "the backfill to retry the failed task", log)
+
+    # Reservation 2 of the flaky task was charged; moderation stayed refunded once.
+    assert ledger_kinds(engine, batch_id) == {"reserve": 5, "charge": 3, "refund": 2}
     assert_ledger_invariants(engine)
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
         runs = instance.get_run_records(filters=dg.RunsFilter(tags={"batch_id": batch_id}))
-        assert runs, "the sensor's run is in the instance"
-        assert runs[-1].dagster_run.tags["grsai/trigger"] == "sensor"
-        assert runs[-1].dagster_run.job_name == "batch_pipeline"
+        assert [r.dagster_run.tags["grsai/trigger"] for r in runs] == ["sensor"]
+        assert runs[0].dagster_run.job_name == "batch_pipeline"
+        backfills = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"dagster/partition": batch_id})
+        )
+        assert any("dagster/backfill" in r.dagster_run.tags for r in backfills)
         assert batch_id in instance.get_dynamic_partitions("batches")
