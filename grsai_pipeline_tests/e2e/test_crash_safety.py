@@ -1,0 +1,180 @@
+"""Crash safety (SPEC 7): killing a runner at any moment loses no task, never charges or refunds
+twice, and duplicates at most the submits that were in flight, each counted and reported.
+
+Runners are real `grsai-pipeline run` processes killed with SIGKILL; the simulator lives in the
+test process, so it remembers every submit across the kills.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+
+import dagster as dg
+import pytest
+from dagster._core.instance.ref import InstanceRef
+
+from grsai_pipeline.cli import main
+from grsai_pipeline.grsai.simulator import FaultRule, SimulatorServer
+from grsai_pipeline_tests.conftest import e2e_settings
+from grsai_pipeline_tests.e2e.conftest import wait_for
+from grsai_pipeline_tests.e2e.runner import run_to_the_end, start_runner
+from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def crash_env(database_url, simulator: SimulatorServer, tmp_path) -> dict[str, str]:
+    """Settings for runner processes: short leases, so a dead runner's claims expire fast."""
+    return e2e_settings(database_url, simulator.base_url, tmp_path) | {
+        "GRSAI_CLAIM_LEASE_S": "1",
+        "GRSAI_POLL_INTERVAL_S": "0.2",
+        "GRSAI_HTTP_TIMEOUT_S": "5",
+    }
+
+
+def in_flight(engine, batch_id: str) -> int:
+    """Tasks claimed by a runner that has not recorded their submit: in doubt after a kill."""
+    return rows(
+        engine,
+        "SELECT COUNT(*) AS n FROM video_tasks WHERE batch_job_id = :b"
+        " AND status IN ('pending', 'queued') AND claimed_by IS NOT NULL",
+        b=batch_id,
+    )[0]["n"]
+
+
+def reported_duplicates(engine, batch_id: str) -> int:
+    return rows(
+        engine,
+        "SELECT COALESCE(SUM(possible_duplicates), 0) AS n FROM video_tasks"
+        " WHERE batch_job_id = :b",
+        b=batch_id,
+    )[0]["n"]
+
+
+def api_requests(simulator: SimulatorServer) -> int:
+    stats = simulator.simulator.stats()
+    return int(stats.get("submit_requests", 0) + stats.get("poll_requests", 0))
+
+
+def actual_duplicates(simulator: SimulatorServer, prompts: list[str]) -> int:
+    sent = simulator.simulator.stats()["submits_by_prompt"]
+    return sum(max(0, sent.get(p, 0) - 1) for p in prompts)
+
+
+def test_a_kill_between_accepted_upstream_and_id_recorded(
+    crash_env, engine, simulator, tmp_path, monkeypatch, capsys
+) -> None:
+    prompt = "a lantern in the snow"
+    batch_id = new_batch(engine, [{"prompt": prompt, "model": "sora-2"}])
+    # The API accepts the submit at once but holds its answer back: the runner is waiting.
+    simulator.simulator.add_fault(FaultRule(endpoint="submit", delay_s=30, times=1))
+    log = tmp_path / "runner.log"
+    runner = start_runner(batch_id, crash_env, log)
+
+    wait_for(lambda: simulator.simulator.stats().get("submits_accepted") == 1, 30,
+             "the API to accept the submit", log)  # fmt: skip
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=10)
+
+    task = rows(engine, "SELECT * FROM video_tasks")[0]
+    assert task["status"] == "pending" and task["grsai_task_id"] is None
+    assert task["claimed_by"] is not None  # the dead runner's claim: the submit is in doubt
+    time.sleep(1.2)  # past GRSAI_CLAIM_LEASE_S
+    run_to_the_end(batch_id, crash_env, log)
+
+    task = rows(engine, "SELECT * FROM video_tasks")[0]
+    assert task["status"] == "succeeded" and task["possible_duplicates"] == 1
+    assert simulator.simulator.stats()["submits_by_prompt"][prompt] == 2
+    assert ledger_kinds(engine, batch_id) == {"reserve": 1, "charge": 1}
+    assert_ledger_invariants(engine)
+    for name, value in crash_env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):
+        main(["batch", "status", batch_id, "--json"])
+    status = json.loads(capsys.readouterr().out)
+    assert status["possible_duplicates"] == 1
+    assert status["tasks"][0]["possible_duplicates"] == 1
+
+
+def test_three_overlapping_runs_submit_each_task_once_and_settle_once(
+    crash_env, engine, simulator, tmp_path
+) -> None:
+    prompts = [f"overlap {i}" for i in range(30)]
+    tasks = [{"prompt": p, "model": "veo-flash"} for p in prompts[:28]]
+    tasks += [{"prompt": prompts[28] + " [sim:input_moderation]", "model": "sora-2"}]
+    tasks += [{"prompt": "", "model": "sora-2"}]
+    batch_id = new_batch(engine, tasks)
+    logs = [tmp_path / f"runner-{i}.log" for i in range(3)]
+    # Dagster creates a new SQLite instance's tables on first use, and three processes doing
+    # that at once trip over its migrations: the instance exists before the runs overlap.
+    dg.DagsterInstance.from_ref(InstanceRef.from_dir(crash_env["DAGSTER_HOME"])).dispose()
+
+    runners = [start_runner(batch_id, crash_env, log) for log in logs]
+    codes = [runner.wait(timeout=120) for runner in runners]
+
+    assert codes == [0, 0, 0], [log.read_text(errors="replace")[-2000:] for log in logs]
+    sent = simulator.simulator.stats()["submits_by_prompt"]
+    assert sorted(sent.values()) == [1] * 29, "every valid task submitted exactly once"
+    assert ledger_kinds(engine, batch_id) == {"reserve": 29, "charge": 28, "refund": 1}
+    batch = rows(engine, "SELECT * FROM batch_jobs")[0]
+    assert batch["status"] == "settled"
+    assert reported_duplicates(engine, batch_id) == 0
+    assert_ledger_invariants(engine)
+
+
+CHAOS_TASKS = 200
+KILLS = 6
+
+
+def test_chaos_kills_lose_nothing_and_duplicate_only_what_was_in_flight(
+    crash_env, engine, simulator, tmp_path
+) -> None:
+    import httpx
+
+    # Slow answers and few slots: the submit phase lasts ~15 s, so most kills land in it.
+    httpx.post(
+        f"{simulator.base_url}/_sim/config",
+        json={"latency_s": [0.2, 0.4], "generation_s": [0.5, 2.0]},
+    ).raise_for_status()
+    env = crash_env | {"GRSAI_MAX_CONCURRENCY": "4"}
+    rng = random.Random(20261122)
+    prompts = [f"chaos {i}" for i in range(CHAOS_TASKS)]
+    models = ["sora-2", "veo-flash", "veo-pro"]
+    batch_id = new_batch(
+        engine, [{"prompt": p, "model": models[i % 3]} for i, p in enumerate(prompts)]
+    )
+    log = tmp_path / "chaos.log"
+    doubtful = 0  # tasks in flight at the kills
+
+    for kill in range(KILLS):
+        seen = api_requests(simulator)
+        runner = start_runner(batch_id, env, log)
+        wait_for(
+            lambda: api_requests(simulator) > seen or runner.poll() is not None,  # noqa: B023
+            60,
+            f"runner {kill} to start talking to the API",
+            log,
+        )
+        time.sleep(rng.uniform(0.2, 2.0))
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+        doubtful += in_flight(engine, batch_id)
+        time.sleep(1.1)  # past GRSAI_CLAIM_LEASE_S
+    run_to_the_end(batch_id, env, log)
+
+    statuses = rows(engine, "SELECT status, COUNT(*) AS n FROM video_tasks GROUP BY status")
+    assert {s["status"]: s["n"] for s in statuses} == {"succeeded": CHAOS_TASKS}
+    assert ledger_kinds(engine, batch_id) == {"reserve": CHAOS_TASKS, "charge": CHAOS_TASKS}
+    assert rows(engine, "SELECT status FROM batch_jobs")[0]["status"] == "settled"
+    assert_ledger_invariants(engine)
+    actual, reported = actual_duplicates(simulator, prompts), reported_duplicates(engine, batch_id)
+    print(
+        f"chaos: {KILLS} kills, {doubtful} submits in flight at the kills, "
+        f"{reported} reported possible duplicates, {actual} actual duplicate submits"
+    )
+    assert actual <= reported <= doubtful
+    assert doubtful <= KILLS * int(env["GRSAI_MAX_CONCURRENCY"])
