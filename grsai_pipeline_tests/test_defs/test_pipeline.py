@@ -198,3 +198,28 @@ def test_a_run_stopped_by_a_bad_key_fails_no_task(
     assert ledger_kinds(engine, batch_id) == {"reserve": 1}
     assert run_batch(instance, batch_id).success
     assert ledger_kinds(engine, batch_id) == {"reserve": 1, "charge": 1}
+
+
+def test_a_run_of_a_settled_partition_retries_its_generation_error(
+    pipeline_env, engine, simulator, instance
+) -> None:
+    flaky = "a kite over dunes [sim:error,error,error,succeeded]"
+    batch_id = new_batch(
+        engine,
+        [
+            {"prompt": flaky, "model": "sora-2"},
+            {"prompt": "flagged [sim:input_moderation]", "model": "veo-pro"},
+        ],
+    )
+    assert run_batch(instance, batch_id).success
+    assert ledger_kinds(engine, batch_id) == {"reserve": 2, "refund": 2}
+    moderated_before = rows(engine, "SELECT * FROM video_tasks WHERE batch_index = 1")
+
+    backfill = run_batch(instance, batch_id)
+
+    assert backfill.success
+    assert materializations(backfill)["pending_tasks"]["retries_started"] == 1
+    assert ledger_kinds(engine, batch_id) == {"reserve": 3, "refund": 2, "charge": 1}
+    assert rows(engine, "SELECT * FROM video_tasks WHERE batch_index = 1") == moderated_before
+    assert rows(engine, "SELECT status FROM batch_jobs")[0]["status"] == "settled"
+    assert_ledger_invariants(engine)
