@@ -358,7 +358,11 @@ class SimulatorServer:
         self.host, self.port = self._socket.getsockname()[:2]
         self._server = uvicorn.Server(
             uvicorn.Config(
-                self.simulator.app, log_level="warning", access_log=False, lifespan="off"
+                self.simulator.app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=1,  # a held-back answer must not hold up shutdown
             )
         )
         self._thread = threading.Thread(
