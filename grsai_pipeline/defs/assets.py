@@ -4,8 +4,8 @@ with metadata (never a value through an IO manager)."""
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import dagster as dg
 
@@ -13,11 +13,11 @@ from grsai_pipeline.config import SettingsError
 from grsai_pipeline.defs.metadata import api_metadata, batch_metadata
 from grsai_pipeline.defs.partitions import batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.grsai.client import ApiStats
+from grsai_pipeline.grsai.client import ApiStats, GrsaiClient
 from grsai_pipeline.grsai.errors import RunStopped
-from grsai_pipeline.steps.follow import FollowReport, follow_tasks
+from grsai_pipeline.steps.follow import follow_tasks
 from grsai_pipeline.steps.runtime import StepContext
-from grsai_pipeline.steps.submit import SubmitReport, submit_waiting_tasks
+from grsai_pipeline.steps.submit import submit_waiting_tasks
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
 from grsai_pipeline.store.batches import get_batch
 from grsai_pipeline.store.errors import UnknownBatch
@@ -49,10 +49,18 @@ def _step_context(
     )
 
 
-def _run_api_step(step: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run an async step; a stopped run (bad key, no upstream credits) fails without retries."""
+def _call_api(step: StepContext, work: Callable[[GrsaiClient], Awaitable[T]]) -> tuple[T, ApiStats]:
+    """Run async API work with one client; what it did, and the client's counters.
+
+    A stopped run (bad key, no upstream credits, no key at all) fails without retries.
+    """
+
+    async def with_client() -> tuple[T, ApiStats]:
+        async with step.open_client() as client:
+            return await work(client), client.stats
+
     try:
-        return asyncio.run(step())
+        return asyncio.run(with_client())
     except (RunStopped, SettingsError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
 
@@ -99,12 +107,7 @@ def submitted_tasks(
     """Every waiting task submitted to the Grsai API, at most GRSAI_MAX_CONCURRENCY at once."""
     batch_id = _batch_id(context, app_db)
     step = _step_context(context, app_db, grsai)
-
-    async def submit() -> tuple[SubmitReport, ApiStats]:
-        async with step.open_client() as client:
-            return await submit_waiting_tasks(step, client, [batch_id]), client.stats
-
-    report, stats = _run_api_step(submit)
+    report, stats = _call_api(step, lambda client: submit_waiting_tasks(step, client, [batch_id]))
     context.log.info(f"submitted {report.submitted} task(s); outcomes {dict(report.tasks)}")
     view = get_batch(app_db.engine(), batch_id)
     return dg.MaterializeResult(
@@ -133,12 +136,7 @@ def polled_results(
     batch_id = _batch_id(context, app_db)
     step = _step_context(context, app_db, grsai)
     budget = config.budget_s if config.budget_s is not None else step.settings.poll_budget_s
-
-    async def follow() -> tuple[FollowReport, ApiStats]:
-        async with step.open_client() as client:
-            return await follow_tasks(step, client, [batch_id], budget), client.stats
-
-    report, stats = _run_api_step(follow)
+    report, stats = _call_api(step, lambda client: follow_tasks(step, client, [batch_id], budget))
     view = get_batch(app_db.engine(), batch_id)
     missing = succeeded_without_video(app_db.engine(), batch_id)
     return dg.MaterializeResult(
