@@ -15,17 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import sqlalchemy as sa
-
-from grsai_pipeline.domain.states import UNFINISHED_STATUSES, TaskChange, after_poll, normalise
+from grsai_pipeline.domain.states import TaskChange, after_poll, normalise
 from grsai_pipeline.grsai.client import GrsaiClient
 from grsai_pipeline.grsai.errors import ApiUnavailable, RateLimited, RunStopped
 from grsai_pipeline.steps.runtime import StepContext
 from grsai_pipeline.steps.submit import SubmitReport, submit_waiting_tasks
+from grsai_pipeline.store.batches import count_unfinished
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.polling import PollTarget, processing_tasks, record_poll_changes
-from grsai_pipeline.store.schema import video_tasks
 
 RECORD_EVERY = 250
 
@@ -43,16 +41,9 @@ class FollowReport:
     resubmit: SubmitReport = field(default_factory=SubmitReport)
 
 
-def count_unfinished(ctx: StepContext, batch_ids: Sequence[str]) -> int:
+def _unfinished(ctx: StepContext, batch_ids: Sequence[str]) -> int:
     with reading(ctx.engine) as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.count()).where(
-                    video_tasks.c.batch_job_id.in_(batch_ids),
-                    video_tasks.c.status.in_(list(UNFINISHED_STATUSES)),
-                )
-            ).scalar_one()
-        )
+        return count_unfinished(conn, batch_ids)
 
 
 async def follow_tasks(
@@ -74,7 +65,7 @@ async def follow_tasks(
         due = [t for t in targets if t.submitted_at is None or t.submitted_at <= due_before]
         await _poll_round(ctx, client, due, report, deadline)
         report.resubmit.add(await submit_waiting_tasks(ctx, client, batch_ids))
-        report.unfinished = await asyncio.to_thread(count_unfinished, ctx, batch_ids)
+        report.unfinished = await asyncio.to_thread(_unfinished, ctx, batch_ids)
         if not report.unfinished:
             return report
         if time.monotonic() + interval > deadline:

@@ -7,7 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from grsai_pipeline.domain.ledger import account_violations, settled_batch_violations
-from grsai_pipeline.domain.states import UNFINISHED_STATUSES, BatchStatus, TaskStatus
+from grsai_pipeline.domain.states import BatchStatus, TaskStatus
+from grsai_pipeline.store.batches import count_unfinished
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.ledger import ledger_totals
@@ -31,12 +32,7 @@ def ledger_problems(engine: Engine, batch_id: str) -> list[str]:
                 for p in account_violations(account.balance, account.held, totals)
             ]
         if batch.status == BatchStatus.SETTLED:
-            unfinished = conn.execute(
-                sa.select(sa.func.count()).where(
-                    video_tasks.c.batch_job_id == batch_id,
-                    video_tasks.c.status.in_(list(UNFINISHED_STATUSES)),
-                )
-            ).scalar_one()
+            unfinished = count_unfinished(conn, [batch_id])
             problems += settled_batch_violations(
                 batch.reserved_credits,
                 batch.charged_credits,

@@ -13,7 +13,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
 from grsai_pipeline.domain.pricing import PriceTable
-from grsai_pipeline.domain.states import QUEUED, BatchStatus, FailureKind, TaskStatus
+from grsai_pipeline.domain.states import (
+    QUEUED,
+    UNFINISHED_STATUSES,
+    BatchStatus,
+    FailureKind,
+    TaskStatus,
+)
 from grsai_pipeline.domain.tasks import InvalidTask, TaskSpec, validate_task
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
@@ -259,6 +265,15 @@ class BatchHeader:
     id: str
     status: str
     created_at: datetime
+
+
+def count_unfinished(conn: Connection, batch_ids: Sequence[str]) -> int:
+    """Tasks of the batches that are not final yet (pending, queued or processing)."""
+    query = sa.select(sa.func.count()).where(
+        video_tasks.c.batch_job_id.in_(batch_ids),
+        video_tasks.c.status.in_(sorted(UNFINISHED_STATUSES)),
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def batches_created_since(engine: Engine, since: datetime | None, limit: int) -> list[BatchHeader]:

@@ -8,11 +8,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from grsai_pipeline.domain.ledger import closing_entry
-from grsai_pipeline.domain.states import UNFINISHED_STATUSES, BatchStatus
+from grsai_pipeline.domain.states import BatchStatus
+from grsai_pipeline.store.batches import count_unfinished
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.ledger import ledger_totals, open_reservations, write_entries
-from grsai_pipeline.store.schema import batch_jobs, video_tasks
+from grsai_pipeline.store.schema import batch_jobs
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,7 @@ def settle_batch(engine: Engine, batch_id: str) -> Settlement:
         ).one_or_none()
         if batch is None:
             raise UnknownBatch(batch_id)
-        unfinished = conn.execute(
-            sa.select(sa.func.count()).where(
-                video_tasks.c.batch_job_id == batch_id,
-                video_tasks.c.status.in_(list(UNFINISHED_STATUSES)),
-            )
-        ).scalar_one()
+        unfinished = count_unfinished(conn, [batch_id])
         if unfinished:
             return Settlement(
                 batch_id,
