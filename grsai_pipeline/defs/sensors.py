@@ -1,8 +1,9 @@
 """``new_batches_sensor``: a partition and exactly one run for every batch Dagster has not seen.
 
 The cursor is a high-water mark of ``batch_jobs.created_at``. Each tick re-reads a short window
-before it (a writer's clock may lag, or its transaction commit late) and skips batches whose
-partition exists, so none is missed and none is requested twice; ``run_key`` guards the rest.
+before it (a writer's clock may lag, or its transaction commit late), page by page, and skips
+batches whose partition exists, so none is missed and none is requested twice; ``run_key``
+guards the rest. A tick takes at most ``MAX_NEW_PER_TICK`` new batches; the next takes the rest.
 Settled batches get a partition (to be seen in the UI) but no run: a run of a settled batch
 would retry its failures, which is an operator's decision.
 """
@@ -16,10 +17,11 @@ from grsai_pipeline.defs.jobs import batch_pipeline, batch_run_tags
 from grsai_pipeline.defs.partitions import BATCHES, batches
 from grsai_pipeline.defs.resources import AppDatabase
 from grsai_pipeline.domain.states import BatchStatus
-from grsai_pipeline.store.batches import batches_created_since
+from grsai_pipeline.store.batches import BatchHeader, batches_created_since
 
 LOOKBACK = timedelta(minutes=10)
-MAX_BATCHES_PER_TICK = 1000
+MAX_NEW_PER_TICK = 1000
+PAGE = 1000
 
 
 @dg.sensor(
@@ -33,11 +35,20 @@ def new_batches_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     high_water = datetime.fromisoformat(context.cursor) if context.cursor else None
     since = high_water - LOOKBACK if high_water else None
-    seen = batches_created_since(app_db.engine(), since, MAX_BATCHES_PER_TICK)
     known = set(context.instance.get_dynamic_partitions(BATCHES))
-    new = [b for b in seen if b.id not in known]
-    if seen:
-        high_water = max(high_water or seen[-1].created_at, seen[-1].created_at)
+    new: list[BatchHeader] = []
+    last: BatchHeader | None = None
+    while len(new) < MAX_NEW_PER_TICK:
+        page = batches_created_since(app_db.engine(), since, PAGE, after=last)
+        if not page:
+            break
+        last = page[-1]
+        new += [b for b in page if b.id not in known]
+    if len(new) > MAX_NEW_PER_TICK:
+        # Stop at the last batch taken, so the next tick's window still holds the rest.
+        new, last = new[:MAX_NEW_PER_TICK], new[MAX_NEW_PER_TICK - 1]
+    if last is not None:
+        high_water = max(high_water or last.created_at, last.created_at)
     cursor = high_water.isoformat() if high_water else None
     if not new:
         return dg.SensorResult(cursor=cursor, skip_reason="no new batch")

@@ -276,12 +276,22 @@ def count_unfinished(conn: Connection, batch_ids: Sequence[str]) -> int:
     return int(conn.execute(query).scalar_one())
 
 
-def batches_created_since(engine: Engine, since: datetime | None, limit: int) -> list[BatchHeader]:
-    """Batches created at or after ``since`` (all when None), oldest first."""
-    query = sa.select(batch_jobs.c.id, batch_jobs.c.status, batch_jobs.c.created_at)
+def batches_created_since(
+    engine: Engine,
+    since: datetime | None,
+    limit: int,
+    *,
+    after: BatchHeader | None = None,
+) -> list[BatchHeader]:
+    """A page of the batches created at or after ``since`` (all when None), oldest first;
+    ``after`` continues from the last batch of the previous page."""
+    b = batch_jobs.c
+    query = sa.select(b.id, b.status, b.created_at)
     if since is not None:
-        query = query.where(batch_jobs.c.created_at >= since)
-    query = query.order_by(batch_jobs.c.created_at, batch_jobs.c.id).limit(limit)
+        query = query.where(b.created_at >= since)
+    if after is not None:
+        query = query.where(sa.tuple_(b.created_at, b.id) > sa.tuple_(after.created_at, after.id))
+    query = query.order_by(b.created_at, b.id).limit(limit)
     with reading(engine) as conn:
         return [BatchHeader(row.id, row.status, row.created_at) for row in conn.execute(query)]
 

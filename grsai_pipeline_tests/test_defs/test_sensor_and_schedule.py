@@ -68,6 +68,28 @@ def test_a_batch_created_with_an_older_timestamp_is_not_missed(app_env, engine, 
     assert first in instance.get_dynamic_partitions("batches")
 
 
+def test_more_new_batches_than_one_tick_takes_are_taken_by_the_next_ticks(
+    app_env, engine, instance, monkeypatch
+) -> None:
+    from grsai_pipeline.defs import sensors
+
+    monkeypatch.setattr(sensors, "MAX_NEW_PER_TICK", 3)
+    monkeypatch.setattr(sensors, "PAGE", 2)
+    created = [new_batch(engine, [TASK]) for _ in range(7)]
+
+    cursor, taken = None, []
+    for _ in range(4):
+        tick = sensor_tick(instance, cursor)
+        cursor = tick.cursor
+        taken.append([r.partition_key for r in tick.run_requests or []])
+
+    assert [len(t) for t in taken] == [3, 3, 1, 0]
+    assert sorted(key for tick_keys in taken for key in tick_keys) == sorted(created)
+    # Later batches are still found behind a window full of known ones.
+    later = new_batch(engine, [TASK])
+    assert [r.partition_key for r in sensor_tick(instance, cursor).run_requests] == [later]
+
+
 def test_a_settled_batch_gets_a_partition_but_no_run(app_env, engine, instance) -> None:
     batch_id = new_batch(engine, [TASK])
     with engine.begin() as conn:
