@@ -57,6 +57,15 @@ def test_daemon_on_postgres_picks_up_and_settles_a_batch(
             return found[0]["status"] == "settled"
 
         wait_for(settled, 180, "the batch to settle under the daemon", log)
+        # The batch settles inside the run's last step; let the run finish before the daemon
+        # (and the run worker it launched) is stopped.
+        with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+
+            def finished() -> list[dg.RunRecord]:
+                found = instance.get_run_records(dg.RunsFilter(tags={"batch_id": batch_id}))
+                return [r for r in found if r.dagster_run.is_finished]
+
+            wait_for(finished, 60, "the sensor's run to finish", log)
 
     assert ledger_kinds(engine, batch_id) == {"reserve": 2, "charge": 1, "refund": 1}
     assert_ledger_invariants(engine)
