@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dagster as dg
+from sqlalchemy.exc import IntegrityError
 
 from grsai_pipeline.defs.jobs import batch_pipeline, batch_run_tags
 from grsai_pipeline.defs.partitions import BATCHES
@@ -37,8 +38,7 @@ def run_batch(
     """One run of ``batch_pipeline`` for the batch; adds its partition when missing."""
     from grsai_pipeline.definitions import defs
 
-    if not instance.has_dynamic_partition(BATCHES, batch_id):
-        instance.add_dynamic_partitions(BATCHES, [batch_id])
+    ensure_partition(instance, batch_id)
     run_config: dict[str, object] = {
         "ops": {"polled_results": {"config": {"budget_s": poll_budget_s}}}
     }
@@ -52,6 +52,17 @@ def run_batch(
         raise_on_error=False,
     )
     return RunResult(result.run_id, result.success, None if result.success else _failure(result))
+
+
+def ensure_partition(instance: dg.DagsterInstance, batch_id: str) -> None:
+    """Add the batch's partition unless it exists; another runner may add it at the same time."""
+    if instance.has_dynamic_partition(BATCHES, batch_id):
+        return
+    try:
+        instance.add_dynamic_partitions(BATCHES, [batch_id])
+    except IntegrityError:
+        if not instance.has_dynamic_partition(BATCHES, batch_id):
+            raise
 
 
 def _failure(result: dg.ExecuteInProcessResult) -> str:
