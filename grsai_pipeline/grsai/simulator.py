@@ -9,6 +9,10 @@ Outcomes of a generation come from a seeded random mix, or from a directive in t
 the task: ``-22`` forever) and ``[sim:succeeded]``. A comma list applies per submission of the
 same prompt: ``[sim:error,succeeded]`` fails the first attempt and succeeds the second.
 
+A submit whose ``webHook`` is a URL (not ``"-1"``) is called back there: once half-way with
+its progress, once at its end, each with the body a poll would answer (``{"code", "msg",
+"data"}``). A ``[sim:lost]`` task is never called back.
+
 Faults are injected on demand over HTTP: ``POST /_sim/faults`` with rules such as
 ``{"endpoint": "submit", "status": 503, "times": 2}`` (see :class:`FaultRule`).
 ``GET /_sim/stats`` tells what the simulator received; ``POST /_sim/reset`` forgets it all.
@@ -19,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
-import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -34,8 +37,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from grsai_pipeline.background_server import BackgroundServer
 from grsai_pipeline.grsai.wire import (
     POLL_PATH,
+    POLLING_MODE_WEBHOOK,
     SORA_SUBMIT_PATH,
     VEO_SUBMIT_PATH,
     SoraSubmitRequest,
@@ -120,6 +125,8 @@ class _State:
     faults: list[tuple[FaultRule, list[int]]] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
     submits_by_prompt: Counter[str] = field(default_factory=Counter)
+    # Callbacks under way; held here because the event loop keeps only weak references.
+    callbacks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class Simulator:
@@ -174,6 +181,10 @@ class Simulator:
         )
         state.tasks[task.id] = task
         state.stats["submits_accepted"] += 1
+        if submitted.webHook != POLLING_MODE_WEBHOOK and task.outcome != "lost":
+            callback = asyncio.create_task(self._call_back(task, submitted.webHook))
+            state.callbacks.add(callback)
+            callback.add_done_callback(state.callbacks.discard)
         # Like a slow API: the task exists upstream before the late answer leaves, so a client
         # that gives up waiting has made a task it does not know about.
         await asyncio.sleep(late_by)
@@ -244,6 +255,25 @@ class Simulator:
         mix = self.state.config.mix
         return self.state.rng.choices(list(mix), weights=list(mix.values()))[0]
 
+    async def _call_back(self, task: _SimTask, url: str) -> None:
+        """Post the task's progress half-way and its end to ``url``, as Grsai's webHook does."""
+        stats = self.state.stats
+        async with httpx.AsyncClient(timeout=10) as client:
+            for fraction in (0.5, 1.0):
+                await asyncio.sleep(max(0.0, task.created + fraction * task.duration_s
+                                        - time.monotonic()))  # fmt: skip
+                # The task as it was at that moment (asyncio may wake a little early or late).
+                data = _poll_data(task, fraction * task.duration_s)
+                body = {"code": 0, "msg": "success", "data": data}
+                try:
+                    answer = await client.post(url, json=body)
+                except httpx.HTTPError:
+                    stats["callbacks_failed"] += 1
+                    continue
+                stats["callbacks_sent"] += 1
+                if answer.is_error:
+                    stats[f"callbacks_refused_{answer.status_code}"] += 1
+
     # --- control -------------------------------------------------------------------------
 
     def add_fault(self, rule: FaultRule) -> None:
@@ -281,6 +311,8 @@ class Simulator:
 
     async def _reset(self, request: Request) -> Response:
         config = self.state.config
+        for callback in list(self.state.callbacks):
+            callback.cancel()
         self.state = _State(config=config, rng=random.Random(config.seed))
         return JSONResponse({"reset": True})
 
@@ -341,7 +373,7 @@ def _check_keys(body: dict[str, Any], model_type: type[BaseModel]) -> None:
         raise ValueError(f"empty optional keys {sorted(empty)} must be left out")
 
 
-class SimulatorServer:
+class SimulatorServer(BackgroundServer):
     """Serve a :class:`Simulator` on a loopback port in a background thread.
 
     ``with SimulatorServer() as sim: sim.base_url`` gives a live URL; used by the demo, tests
@@ -352,40 +384,7 @@ class SimulatorServer:
         self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
     ) -> None:
         self.simulator = Simulator(config)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.host, self.port = self._socket.getsockname()[:2]
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                self.simulator.app,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=1,  # a held-back answer must not hold up shutdown
-            )
-        )
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
-        )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> SimulatorServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the simulator did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
+        super().__init__(self.simulator.app, host, port)
 
 
 def serve(host: str, port: int, config: SimulatorConfig | None = None) -> None:

@@ -12,7 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
+from grsai_pipeline.background_server import BackgroundServer
 from grsai_pipeline.domain.states import normalise
 from grsai_pipeline.domain.tasks import validate_task
 from grsai_pipeline.grsai.client import GrsaiClient, RetrySettings
@@ -633,3 +638,44 @@ def test_reset_forgets_everything(http: httpx.Client) -> None:
     assert stats(http) == {"tasks": 0, "submits_by_prompt": {}}
     assert http.post(POLL, json={"id": task_id}).json()["code"] == -22
     assert http.post(SORA, json=sora_body("cat")).status_code == 200
+
+
+class _CallbackRecorder:
+    """A receiver that keeps every callback body, over real HTTP."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+        async def record(request: Request) -> JSONResponse:
+            self.bodies.append(await request.json())
+            return JSONResponse({"ok": True})
+
+        self.app = Starlette(routes=[Route("/cb", record, methods=["POST"])])
+
+
+@pytest.mark.parametrize(
+    ("prompt", "final"),
+    [("a cat", "succeeded"), ("a cat [sim:error]", "failed")],
+)
+def test_a_webhook_submit_is_called_back_half_way_and_at_its_end(
+    http: httpx.Client, prompt: str, final: str
+) -> None:
+    recorder = _CallbackRecorder()
+    with BackgroundServer(recorder.app) as receiver:
+        task_id = submit_id(http, SORA, sora_body(prompt) | {"webHook": f"{receiver.base_url}/cb"})
+        deadline = time.monotonic() + FINAL_WITHIN_S
+        while len(recorder.bodies) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    half_way, end = recorder.bodies
+    assert half_way["code"] == 0 and half_way["data"]["id"] == task_id
+    assert half_way["data"]["status"] == "running" and half_way["data"]["progress"] >= 50
+    assert end["data"] == poll_until_final(http, task_id)["data"]
+    assert end["data"]["status"] == final
+    assert stats(http)["callbacks_sent"] == 2
+
+
+def test_a_polling_submit_is_never_called_back(http: httpx.Client) -> None:
+    poll_until_final(http, submit_id(http, SORA, sora_body()))
+
+    assert "callbacks_sent" not in stats(http)
