@@ -127,3 +127,11 @@ class PollResponse(_Lenient):
             error=data.error,
             video_url=video_url,
         )
+
+
+def parse_callback(body: Any) -> PollResponse:
+    """A webHook callback's body: the poll answer (``{"code", "msg", "data"}``) or its ``data``
+    alone. Raises pydantic's ValidationError when it is neither."""
+    if isinstance(body, dict) and "code" in body:
+        return PollResponse.model_validate(body)
+    return PollResponse(code=0, data=PollData.model_validate(body))

@@ -31,19 +31,35 @@ class PollTarget:
     not_found_since: datetime | None
 
 
+_TARGET_COLUMNS = (
+    video_tasks.c.id,
+    video_tasks.c.batch_job_id,
+    video_tasks.c.grsai_task_id,
+    video_tasks.c.model,
+    video_tasks.c.attempts,
+    video_tasks.c.progress,
+    video_tasks.c.submitted_at,
+    video_tasks.c.not_found_since,
+)
+
+
+def _target(row: sa.Row[*tuple[Any, ...]]) -> PollTarget:
+    return PollTarget(
+        id=row.id,
+        batch_job_id=row.batch_job_id,
+        grsai_task_id=row.grsai_task_id,
+        is_sora=row.model in SORA_MODELS,
+        attempts=row.attempts,
+        progress=row.progress,
+        submitted_at=row.submitted_at,
+        not_found_since=row.not_found_since,
+    )
+
+
 def processing_tasks(engine: Engine, batch_ids: Sequence[str]) -> list[PollTarget]:
     t = video_tasks.c
     query = (
-        sa.select(
-            t.id,
-            t.batch_job_id,
-            t.grsai_task_id,
-            t.model,
-            t.attempts,
-            t.progress,
-            t.submitted_at,
-            t.not_found_since,
-        )
+        sa.select(*_TARGET_COLUMNS)
         .where(
             t.batch_job_id.in_(batch_ids),
             t.status == TaskStatus.PROCESSING.value,
@@ -52,19 +68,18 @@ def processing_tasks(engine: Engine, batch_ids: Sequence[str]) -> list[PollTarge
         .order_by(t.batch_job_id, t.batch_index)
     )
     with reading(engine) as conn:
-        return [
-            PollTarget(
-                id=row.id,
-                batch_job_id=row.batch_job_id,
-                grsai_task_id=row.grsai_task_id,
-                is_sora=row.model in SORA_MODELS,
-                attempts=row.attempts,
-                progress=row.progress,
-                submitted_at=row.submitted_at,
-                not_found_since=row.not_found_since,
-            )
-            for row in conn.execute(query)
-        ]
+        return [_target(row) for row in conn.execute(query)]
+
+
+def task_at_api(engine: Engine, task_id: str) -> tuple[str, PollTarget | None] | None:
+    """A task's status, and its current remote task as a poll would see it (None when it has
+    none); None when there is no such task. For callbacks, which name one task."""
+    query = sa.select(video_tasks.c.status, *_TARGET_COLUMNS).where(video_tasks.c.id == task_id)
+    with reading(engine) as conn:
+        row = conn.execute(query).one_or_none()
+    if row is None:
+        return None
+    return row.status, (_target(row) if row.grsai_task_id is not None else None)
 
 
 def is_noop(target: PollTarget, change: TaskChange) -> bool:
