@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         """Where Grsai should call back; None means polling mode (``webHook: "-1"``)."""
         return self.app_url or self.next_public_app_url
 
+    def require_webhook_secret(self) -> str:
+        if self.webhook_secret is None or not self.webhook_secret.get_secret_value().strip():
+            raise SettingsError("GRSAI_WEBHOOK_SECRET is not set: callbacks are verified with it")
+        return self.webhook_secret.get_secret_value()
+
     def require_api_key(self) -> SecretStr:
         if self.api_key is None or not self.api_key.get_secret_value().strip():
             raise SettingsError("GRSAI_API_KEY is not set: it is needed to call the Grsai API")

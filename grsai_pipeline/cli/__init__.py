@@ -16,6 +16,7 @@ from grsai_pipeline.cli.demo import demo
 from grsai_pipeline.cli.errors import one_line
 from grsai_pipeline.cli.run import run
 from grsai_pipeline.cli.simulator import simulator
+from grsai_pipeline.cli.webhook import webhook
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +28,7 @@ def cli() -> None:
     """
 
 
-for command in (db, credits, batch, run, simulator, demo):
+for command in (db, credits, batch, run, simulator, demo, webhook):
     cli.add_command(command)
 
 

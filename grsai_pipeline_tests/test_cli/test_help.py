@@ -8,7 +8,7 @@ import pytest
 
 from grsai_pipeline_tests.test_cli.cli_helpers import assert_error, call_main, run_cli
 
-TOP_LEVEL_COMMANDS = ("db", "credits", "batch", "run", "simulator", "demo")
+TOP_LEVEL_COMMANDS = ("db", "credits", "batch", "run", "simulator", "demo", "webhook")
 
 
 @pytest.mark.slow
@@ -37,6 +37,7 @@ def test_top_level_help_of_the_installed_command_lists_every_command(tmp_path: P
         (["run", "--help"], "grsai-pipeline run [OPTIONS] BATCH_ID"),
         (["simulator", "--help"], "grsai-pipeline simulator"),
         (["demo", "--help"], "grsai-pipeline demo"),
+        (["webhook", "serve", "--help"], "grsai-pipeline webhook serve [OPTIONS]"),
         (["-h"], "grsai-pipeline [OPTIONS] COMMAND"),
     ],
 )
@@ -58,6 +59,7 @@ def test_help_of_each_command_exits_0_with_its_usage(
         (["batch", "create", "--help"], ["--user"]),
         (["batch", "status", "--help"], ["--json"]),
         (["run", "--help"], ["--until-settled", "--timeout"]),
+        (["webhook", "serve", "--help"], ["--host", "--port"]),
         (["simulator", "--help"], ["--host", "--port"]),
         (["demo", "--help"], ["--dir"]),
     ],
