@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint dev constraints clean
+.PHONY: demo test lint dev bench constraints clean
 
 $(BIN)/grsai-pipeline: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ lint: $(BIN)/grsai-pipeline
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# SPEC 7 figures (minutes, not part of the test suite): throughput against a minimal asyncio
+# loop, and sensor/schedule ticks with 1,000 batches.
+bench: $(BIN)/grsai-pipeline
+	$(BIN)/python benchmarks/sensor_tick.py
+	$(BIN)/python benchmarks/throughput.py
 
 # The Dagster UI on a local SQLite instance kept in ./dagster_home.
 dev: $(BIN)/grsai-pipeline
