@@ -194,7 +194,12 @@ def pipeline_env(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say how many tests ran against each database, so a CI log shows PostgreSQL was used."""
+    """Say how many tests ran against each database, so a CI log shows PostgreSQL was used,
+    and the figures tests recorded (``record_property("figures", ...)``)."""
+    for report in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "figures":
+                terminalreporter.write_line(str(value))
     for database in ("sqlite", "postgresql"):
         counts = {
             outcome: sum(

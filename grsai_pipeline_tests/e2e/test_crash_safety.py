@@ -131,7 +131,7 @@ KILLS = 6
 
 
 def test_chaos_kills_lose_nothing_and_duplicate_only_what_was_in_flight(
-    crash_env, engine, simulator, tmp_path
+    crash_env, engine, simulator, tmp_path, record_property
 ) -> None:
     import httpx
 
@@ -172,9 +172,11 @@ def test_chaos_kills_lose_nothing_and_duplicate_only_what_was_in_flight(
     assert rows(engine, "SELECT status FROM batch_jobs")[0]["status"] == "settled"
     assert_ledger_invariants(engine)
     actual, reported = actual_duplicates(simulator, prompts), reported_duplicates(engine, batch_id)
-    print(
-        f"chaos: {KILLS} kills, {doubtful} submits in flight at the kills, "
-        f"{reported} reported possible duplicates, {actual} actual duplicate submits"
+    record_property(
+        "figures",
+        f"chaos on {engine.dialect.name}: {KILLS} kills of a {CHAOS_TASKS}-task batch, {doubtful}"
+        f" submits in flight at the kills, {reported} reported possible duplicates, {actual}"
+        " actual duplicate submits",
     )
     assert actual <= reported <= doubtful
     assert doubtful <= KILLS * int(env["GRSAI_MAX_CONCURRENCY"])
