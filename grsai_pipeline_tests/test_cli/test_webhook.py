@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from grsai_pipeline_tests.e2e.conftest import free_port
+from grsai_pipeline_tests.e2e.conftest import free_port, wait_for
 from grsai_pipeline_tests.test_cli.cli_helpers import (
     assert_error,
     cli_path,
@@ -49,21 +48,22 @@ def test_the_served_receiver_applies_a_signed_callback_and_refuses_a_forged_one(
     port = free_port()
     settings = {"GRSAI_DATABASE_URL": pipeline_env["GRSAI_DATABASE_URL"],
                 "GRSAI_WEBHOOK_SECRET": SECRET}  # fmt: skip
-    log = (tmp_path / "webhook.log").open("wb")
+    log_path = tmp_path / "webhook.log"
+    log = log_path.open("wb")
     server = subprocess.Popen(
         [cli_path(), "webhook", "serve", "--port", str(port)],
         cwd=tmp_path, env=command_env(settings), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+
+    def forge(client: httpx.Client) -> httpx.Response | None:
+        try:
+            return post(client, other, sora_success(other), token="f" * 64)
+        except httpx.ConnectError:
+            return None  # not listening yet
+
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    forged = post(client, other, sora_success(other), token="f" * 64)
-                    break
-                except httpx.ConnectError:
-                    assert time.monotonic() < deadline, (tmp_path / "webhook.log").read_text()
-                    time.sleep(0.2)
+            forged = wait_for(lambda: forge(client), 30, "webhook serve to listen", log_path)
             applied = post(client, task, sora_success(task))
     finally:
         server.terminate()
@@ -75,5 +75,5 @@ def test_the_served_receiver_applies_a_signed_callback_and_refuses_a_forged_one(
     assert task_row(engine, task["id"])["status"] == "succeeded"
     assert task_row(engine, other["id"])["status"] == "processing"
     # Tokens are secrets of their own: the receiver's output never shows a callback URL.
-    output = (tmp_path / "webhook.log").read_text()
+    output = log_path.read_text()
     assert "token" not in output.replace("token does not verify", "")
