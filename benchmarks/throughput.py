@@ -1,16 +1,23 @@
-"""SPEC 7 throughput: a batch through the whole pipeline against a minimal asyncio loop.
+"""SPEC 7 throughput: one batch through `grsai-pipeline run --until-settled` against the floor,
+a minimal asyncio loop making the same calls, both against one API stand-in in one run.
 
-Both sides talk to the same simulator (its own process, over loopback HTTP) with the same
-request concurrency and poll interval, and every generation succeeds. The baseline submits
-each task and polls it every interval until it ends, nothing more; the pipeline does what it
-does in production: Dagster run, database claims, records, settlement. Each side runs in its
-own process, so its peak memory is its own.
+    python benchmarks/throughput.py                          # 1,000, 5,000 and 10,000 tasks
+    python benchmarks/throughput.py --tasks 1000,10000,50000 # memory growth
+    python benchmarks/throughput.py --concurrency 10 --poll-interval 2 --generation-s 1 3
+    python benchmarks/throughput.py --tasks 200 --smoke      # CI: it completes, no figures kept
 
-    python benchmarks/throughput.py                      # 10,000 tasks
-    python benchmarks/throughput.py --tasks 1000,4000    # several sizes: memory per task
+The configuration users run (issue 9): `GRSAI_MAX_CONCURRENCY=32`, `GRSAI_POLL_INTERVAL_S=0.2`,
+an API answering in 20 ms, every generation finished by its first poll. The stand-in is the
+simulator in its own process (its CPU is printed, so one can see it is not the bottleneck).
 
-Figures: wall seconds of each side, the ratio (SPEC 7 asks for at most 1.3), requests made,
-and peak RSS. Set GRSAI_DATABASE_URL to run the pipeline on PostgreSQL instead of SQLite.
+The floor ("loop") is what the issue measured: aiohttp on asyncio, submit every task, then poll
+rounds every interval until every task is done, nothing stored. The pipeline is the command a
+user runs, measured from exec to exit (imports, Dagster instance, run, settlement); its Dagster
+run alone is printed beside it. CPU is user + system of the whole process, from `wait4`.
+Each side runs in a fresh process, so its peak RSS is its own.
+
+Set GRSAI_DATABASE_URL (a postgresql+psycopg2:// URL of an empty database) to run the pipeline
+on PostgreSQL instead of a SQLite file.
 """
 
 from __future__ import annotations
@@ -18,39 +25,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
-import resource
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-import uvicorn
-
-from grsai_pipeline.grsai.simulator import Simulator, SimulatorConfig
-from grsai_pipeline.grsai.wire import POLL_PATH, SORA_SUBMIT_PATH
-
 API_KEY = "sk-benchmark"
+SORA_SUBMIT_PATH = "/v1/video/sora-video"
+POLL_PATH = "/v1/draw/result"
+HERE = Path(__file__).resolve()
+CLI = Path(sys.executable).with_name("grsai-pipeline")
 
 
-def simulator_config(generation_s: tuple[float, float]) -> SimulatorConfig:
-    return SimulatorConfig(
-        api_key=API_KEY,
-        latency_s=(0.01, 0.05),
-        generation_s=generation_s,
-        mix={"succeeded": 1.0},
-        seed=7,
-    )
-
-
-def serve_quietly(port: int, config: SimulatorConfig) -> None:
-    # No access log: at thousands of requests a second, printing it would be the bottleneck.
-    uvicorn.run(Simulator(config).app, port=port, log_level="warning", access_log=False)
+# --- the floor: a minimal asyncio loop ------------------------------------------------------
 
 
 def sora_body(n: int) -> dict[str, Any]:
@@ -59,141 +51,280 @@ def sora_body(n: int) -> dict[str, Any]:
             "duration": 10, "size": "small", "webHook": "-1", "shutProgress": False}  # fmt: skip
 
 
-async def baseline(base_url: str, tasks: int, concurrency: int, interval: float) -> dict[str, Any]:
-    """The least a client can do: submit, then poll every interval until the task ends."""
+async def minimal_loop(base_url: str, tasks: int, concurrency: int, interval: float) -> None:
+    """Submit every task, then poll rounds every ``interval`` until all are done."""
+    import aiohttp
+
     slots = asyncio.Semaphore(concurrency)
-    calls = {"submit": 0, "poll": 0}
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url, headers=headers, connector=connector) as http:
 
         async def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
-            async with slots:
-                calls["submit" if path == SORA_SUBMIT_PATH else "poll"] += 1
-                answer: dict[str, Any] = (await client.post(path, json=body, timeout=30)).json()
+            async with slots, http.post(path, json=body) as response:
+                answer: dict[str, Any] = await response.json()
                 return answer
 
-        async def one(n: int) -> None:
-            remote_id = (await call(SORA_SUBMIT_PATH, sora_body(n)))["data"]["id"]
-            while True:
-                await asyncio.sleep(interval)
-                data = (await call(POLL_PATH, {"id": remote_id}))["data"]
-                if data["status"] in ("succeeded", "failed"):
-                    return
+        async def submit(n: int) -> str:
+            return str((await call(SORA_SUBMIT_PATH, sora_body(n)))["data"]["id"])
 
-        await asyncio.gather(*(one(n) for n in range(tasks)))
-    return calls
+        async def is_done(remote_id: str) -> bool:
+            data = (await call(POLL_PATH, {"id": remote_id}))["data"]
+            return bool(data["status"] in ("succeeded", "failed"))
+
+        waiting = list(await asyncio.gather(*(submit(n) for n in range(tasks))))
+        while waiting:
+            await asyncio.sleep(interval)
+            done = await asyncio.gather(*(is_done(r) for r in waiting))
+            waiting = [r for r, finished in zip(waiting, done, strict=True) if not finished]
 
 
-def run_baseline(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
+# --- one side, in its own process -----------------------------------------------------------
+
+
+@dataclass
+class Side:
+    wall_s: float
+    cpu_s: float
+    peak_rss_mib: float
+    requests: int
+    stand_in_cpu_s: float
+    run_s: float | None = None
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system seconds a live process has used (the stand-in's, read from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(command: list[str], env: dict[str, str], stand_in: StandIn) -> Side:
+    """Run ``command`` to its end; its wall time, CPU and peak RSS, and the stand-in's work."""
+    stand_in.reset()
+    stand_in_cpu = _cpu_of(stand_in.pid)
     started = time.monotonic()
-    calls = asyncio.run(baseline(base_url, args.size, args.concurrency, args.poll_interval))
-    return {"seconds": time.monotonic() - started, "requests": calls}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.monotonic() - started
+    out, err = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{out.decode()}\n{err.decode()[-3000:]}")
+    stats = stand_in.stats()
+    return Side(
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mib=usage.ru_maxrss / 1024,
+        requests=stats.get("submit_requests", 0) + stats.get("poll_requests", 0),
+        stand_in_cpu_s=_cpu_of(stand_in.pid) - stand_in_cpu,
+    )
 
 
-def run_pipeline(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
-    """The pipeline as `grsai-pipeline run --until-settled` runs it, in this process."""
-    work = Path(tempfile.mkdtemp(prefix="grsai-bench-"))
-    (work / "dagster_home").mkdir()
-    (work / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    os.environ |= {
+# --- the API stand-in -----------------------------------------------------------------------
+
+
+class StandIn:
+    """The simulator in its own process, quiet, answering in ``latency_s``."""
+
+    def __init__(self, latency_s: float, generation_s: tuple[float, float]) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = {
+            "api_key": API_KEY,
+            "latency_s": [latency_s, latency_s],
+            "generation_s": list(generation_s),
+            "mix": {"succeeded": 1.0},
+            "seed": 7,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE), "--serve-stand-in", str(self.port), json.dumps(config)]
+        )
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.stats()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise SystemExit("the API stand-in did not start") from None
+                time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _call(self, method: str, path: str) -> dict[str, Any]:
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.base_url}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (loopback)
+            result: dict[str, Any] = json.loads(answer.read())
+            return result
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/_sim/stats")
+
+    def reset(self) -> None:
+        self._call("POST", "/_sim/reset")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def serve_stand_in(port: int, config_json: str) -> None:
+    import uvicorn
+
+    from grsai_pipeline.grsai.simulator import Simulator, SimulatorConfig
+
+    config = SimulatorConfig.model_validate(json.loads(config_json))
+    # No access log: at thousands of requests a second, printing it would be the bottleneck.
+    uvicorn.run(Simulator(config).app, port=port, log_level="warning", access_log=False)
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+
+def pipeline_env(args: argparse.Namespace, base_url: str, work: Path) -> dict[str, str]:
+    home = work / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    database_url = os.environ.get("GRSAI_DATABASE_URL") or f"sqlite:///{work}/app.db"
+    return {
+        **os.environ,
         "GRSAI_API_KEY": API_KEY,
         "GRSAI_BASE_URL": base_url,
-        "GRSAI_DATABASE_URL": os.environ.get("GRSAI_DATABASE_URL", f"sqlite:///{work}/app.db"),
+        "GRSAI_DATABASE_URL": database_url,
         "GRSAI_MAX_CONCURRENCY": str(args.concurrency),
         "GRSAI_POLL_INTERVAL_S": str(args.poll_interval),
         "GRSAI_POLL_BUDGET_S": "3600",
-        "DAGSTER_HOME": str(work / "dagster_home"),
+        "DAGSTER_HOME": str(home),
     }
-    from grsai_pipeline.cli.run import open_instance, run_until
-    from grsai_pipeline.config import load_settings
-    from grsai_pipeline.store.accounts import grant_credits
-    from grsai_pipeline.store.batches import create_batch
-    from grsai_pipeline.store.db import get_engine
-    from grsai_pipeline.store.migrate import upgrade_schema
-
-    settings = load_settings()
-    engine = get_engine(settings.database_url)
-    upgrade_schema(engine)
-    user = f"bench-{os.getpid()}"
-    grant_credits(engine, user, 10 * args.size)
-    tasks = [{"prompt": f"benchmark task {n}", "model": "sora-2"} for n in range(args.size)]
-    batch_id = create_batch(engine, user, tasks, settings.price_table).batch_id
-    instance = open_instance(settings)
-    started = time.monotonic()
-    view = run_until(instance, settings, batch_id, until_settled=True, timeout=None, progress=False)
-    seconds = time.monotonic() - started
-    assert view.status == "settled", view.status
-    return {"seconds": seconds, "counts": dict(view.counts)}
 
 
-def measure(args: argparse.Namespace) -> None:
-    """One side, in this (child) process; prints its figures as one JSON line."""
-    figures = (run_baseline if args.only == "baseline" else run_pipeline)(args, args.base_url)
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps(figures | {"peak_rss_mib": round(rss_kib / 1024, 1)}))
+def create_batch(env: dict[str, str], work: Path, size: int) -> str:
+    """A batch of ``size`` Sora tasks, made with the CLI as a user makes one (not timed)."""
+    tasks = [{"prompt": f"benchmark task {n}", "model": "sora-2"} for n in range(size)]
+    batch_file = work / f"batch-{size}.json"
+    batch_file.write_text(json.dumps(tasks))
+    for command in (["db", "init"], ["credits", "grant", "bench", str(10 * size)]):
+        subprocess.run([CLI, *command], env=env, check=True, capture_output=True)
+    made = subprocess.run(
+        [CLI, "batch", "create", str(batch_file), "--user", "bench"],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return made.stdout.strip()
 
 
-def child(args: argparse.Namespace, side: str, size: int, base_url: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--only", side, "--size", str(size),
-               "--base-url", base_url, "--concurrency", str(args.concurrency),
-               "--poll-interval", str(args.poll_interval)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
-    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures
+def dagster_run_seconds(env: dict[str, str]) -> float | None:
+    """How long the batch's Dagster run took, from the instance's own run record."""
+    probe = (
+        "import dagster as dg, json\n"
+        "i = dg.DagsterInstance.get()\n"
+        "r = i.get_run_records(limit=1)[0]\n"
+        "print(json.dumps(r.end_time - r.start_time if r.end_time and r.start_time else None))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False
+    )
+    try:
+        value = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return None
+    return float(value) if value is not None else None
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def ms_per_task(seconds: float, tasks: int) -> float:
+    return 1000 * seconds / tasks
+
+
+def print_header(args: argparse.Namespace) -> None:
+    print(
+        f"concurrency {args.concurrency}, poll interval {args.poll_interval} s, API latency "
+        f"{1000 * args.latency:.0f} ms, generation {args.generation_s[0]}-{args.generation_s[1]}"
+        f" s; database {'PostgreSQL' if os.environ.get('GRSAI_DATABASE_URL') else 'SQLite'};"
+        f" {os.cpu_count()} cores"
+    )
+    print(
+        f"{'tasks':>6} | {'loop s':>6} {'pipe s':>6} {'ratio':>5} | {'run s':>6} {'ratio':>5} |"
+        f" {'loop cpu':>8} {'pipe cpu':>8} ms/task | {'loop':>5} {'pipe':>5} MiB |"
+        f" req/task loop pipe | stand-in cpu s"
+    )
+
+
+def print_row(tasks: int, loop: Side, pipe: Side) -> None:
+    run = f"{pipe.run_s:>6.1f} {pipe.run_s / loop.wall_s:>5.2f}" if pipe.run_s else f"{'-':>12}"
+    print(
+        f"{tasks:>6} | {loop.wall_s:>6.1f} {pipe.wall_s:>6.1f} {pipe.wall_s / loop.wall_s:>5.2f} |"
+        f" {run} | {ms_per_task(loop.cpu_s, tasks):>8.2f} {ms_per_task(pipe.cpu_s, tasks):>8.2f}"
+        f"         | {loop.peak_rss_mib:>5.0f} {pipe.peak_rss_mib:>5.0f}     |"
+        f" {loop.requests / tasks:>13.2f} {pipe.requests / tasks:>4.2f} |"
+        f" {loop.stand_in_cpu_s:>5.1f} / {pipe.stand_in_cpu_s:.1f}",
+        flush=True,
+    )
+
+
+def print_slope(results: dict[int, tuple[Side, Side]]) -> None:
+    """CPU per additional task between the smallest and largest batch, and the fixed cost."""
+    if len(results) < 2:
+        return
+    small, large = min(results), max(results)
+    for name, index in (("loop", 0), ("pipeline", 1)):
+        low, high = results[small][index].cpu_s, results[large][index].cpu_s
+        slope = (high - low) / (large - small)
+        fixed = low - slope * small
+        print(
+            f"{name}: {1000 * slope:.3f} ms CPU per additional task ({small:,} -> {large:,}"
+            f" tasks); fixed cost {fixed:.2f} s CPU"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="10000", help="batch sizes, comma-separated")
-    parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--poll-interval", type=float, default=2.0)
-    parser.add_argument("--generation-s", type=float, nargs=2, default=(1.0, 3.0))
-    parser.add_argument("--only", choices=["baseline", "pipeline"], help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tasks", default="1000,5000,10000", help="batch sizes, comma-separated")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--poll-interval", type=float, default=0.2)
+    parser.add_argument("--latency", type=float, default=0.02, help="API latency, seconds")
+    parser.add_argument("--generation-s", type=float, nargs=2, default=(0.0, 0.0))
+    parser.add_argument("--smoke", action="store_true", help="check it completes; for CI")
+    parser.add_argument("--loop", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-stand-in", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.only:
-        measure(args)
+    if args.serve_stand_in:
+        serve_stand_in(int(args.serve_stand_in[0]), args.serve_stand_in[1])
+        return
+    if args.loop:
+        tasks = int(args.tasks)
+        asyncio.run(minimal_loop(args.base_url, tasks, args.concurrency, args.poll_interval))
         return
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    simulator = multiprocessing.Process(
-        target=serve_quietly, args=(port, simulator_config(tuple(args.generation_s))),
-        daemon=True,
-    )  # fmt: skip
-    simulator.start()
-    base_url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{base_url}/_sim/stats", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    print(f"concurrency {args.concurrency}, poll interval {args.poll_interval} s, "
-          f"generation {args.generation_s[0]}-{args.generation_s[1]} s")  # fmt: skip
-    print(f"{'tasks':>7} {'baseline s':>11} {'pipeline s':>11} {'ratio':>6} "
-          f"{'base MiB':>9} {'pipe MiB':>9}  requests (baseline / pipeline)")  # fmt: skip
+    stand_in = StandIn(args.latency, tuple(args.generation_s))
+    print_header(args)
+    results: dict[int, tuple[Side, Side]] = {}
     try:
-        for size in (int(n) for n in args.tasks.split(",")):
-            httpx.post(f"{base_url}/_sim/reset")
-            base = child(args, "baseline", size, base_url)
-            stats = httpx.get(f"{base_url}/_sim/stats").json()
-            base_requests = stats.get("submit_requests", 0) + stats.get("poll_requests", 0)
-            httpx.post(f"{base_url}/_sim/reset")
-            pipe = child(args, "pipeline", size, base_url)
-            stats = httpx.get(f"{base_url}/_sim/stats").json()
-            pipe_requests = stats.get("submit_requests", 0) + stats.get("poll_requests", 0)
-            ratio = pipe["seconds"] / base["seconds"]
-            print(f"{size:>7} {base['seconds']:>11.1f} {pipe['seconds']:>11.1f} {ratio:>6.2f} "
-                  f"{base['peak_rss_mib']:>9} {pipe['peak_rss_mib']:>9}  "
-                  f"{base_requests} / {pipe_requests}", flush=True)  # fmt: skip
+        for tasks in (int(n) for n in args.tasks.split(",")):
+            loop_command = [sys.executable, str(HERE), "--loop", "--tasks", str(tasks),
+                            "--base-url", stand_in.base_url, "--concurrency",
+                            str(args.concurrency), "--poll-interval", str(args.poll_interval)]  # fmt: skip
+            loop = measure(loop_command, dict(os.environ), stand_in)
+            with tempfile.TemporaryDirectory(prefix="grsai-bench-") as tmp:
+                work = Path(tmp)
+                env = pipeline_env(args, stand_in.base_url, work)
+                batch_id = create_batch(env, work, tasks)
+                pipe = measure([str(CLI), "run", batch_id, "--until-settled"], env, stand_in)
+                pipe.run_s = dagster_run_seconds(env)
+            results[tasks] = (loop, pipe)
+            print_row(tasks, loop, pipe)
     finally:
-        simulator.terminate()
+        stand_in.stop()
+    print_slope(results)
+    if args.smoke:
+        print("smoke: every batch settled")
 
 
 if __name__ == "__main__":

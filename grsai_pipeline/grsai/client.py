@@ -33,6 +33,7 @@ from grsai_pipeline.grsai.errors import (
     RateLimited,
     UpstreamCreditsExhausted,
 )
+from grsai_pipeline.grsai.transport import GrsaiTransport
 from grsai_pipeline.grsai.wire import POLL_PATH, PollResponse, SubmitResponse, submit_request
 
 # The API's words for "the account behind this key has no credits" (HTTP 200, code -1).
@@ -127,14 +128,14 @@ class GrsaiClient:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._paused_until = 0.0
         self.stats = ApiStats()
+        limits = httpx.Limits(
+            max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+        )
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={"Authorization": f"Bearer {self._secret}"},
             timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
-            transport=transport,
+            transport=transport or GrsaiTransport(limits=limits),
         )
 
     async def __aenter__(self) -> GrsaiClient:
