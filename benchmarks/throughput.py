@@ -125,7 +125,9 @@ def measure(command: list[str], env: dict[str, str], stand_in: StandIn) -> Side:
 class StandIn:
     """The simulator in its own process, quiet, answering in ``latency_s``."""
 
-    def __init__(self, latency_s: float, generation_s: tuple[float, float]) -> None:
+    def __init__(
+        self, latency_s: float, generation_s: tuple[float, float], *, log_polls: bool = False
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -135,6 +137,7 @@ class StandIn:
             "generation_s": list(generation_s),
             "mix": {"succeeded": 1.0},
             "seed": 7,
+            "log_polls": log_polls,
         }
         self.process = subprocess.Popen(
             [sys.executable, str(HERE), "--serve-stand-in", str(self.port), json.dumps(config)]
@@ -158,7 +161,7 @@ class StandIn:
         import urllib.request
 
         request = urllib.request.Request(f"{self.base_url}{path}", method=method)
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(request, timeout=10) as answer:
             result: dict[str, Any] = json.loads(answer.read())
             return result
 
@@ -308,9 +311,11 @@ def main() -> None:
     results: dict[int, tuple[Side, Side]] = {}
     try:
         for tasks in (int(n) for n in args.tasks.split(",")):
-            loop_command = [sys.executable, str(HERE), "--loop", "--tasks", str(tasks),
-                            "--base-url", stand_in.base_url, "--concurrency",
-                            str(args.concurrency), "--poll-interval", str(args.poll_interval)]  # fmt: skip
+            loop_command = [
+                sys.executable, str(HERE), "--loop", "--tasks", str(tasks),
+                "--base-url", stand_in.base_url, "--concurrency", str(args.concurrency),
+                "--poll-interval", str(args.poll_interval),
+            ]  # fmt: skip
             loop = measure(loop_command, dict(os.environ), stand_in)
             with tempfile.TemporaryDirectory(prefix="grsai-bench-") as tmp:
                 work = Path(tmp)

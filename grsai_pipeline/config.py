@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     backoff_max_s: float = Field(10.0, gt=0, alias="GRSAI_BACKOFF_MAX_S")
     not_found_grace_s: float = Field(120.0, ge=0, alias="GRSAI_NOT_FOUND_GRACE_S")
     task_timeout_s: float = Field(3600.0, gt=0, alias="GRSAI_TASK_TIMEOUT_S")
-    claim_lease_s: float = Field(300.0, gt=0, alias="GRSAI_CLAIM_LEASE_S")
+    claim_lease_s: float = Field(30.0, gt=0, alias="GRSAI_CLAIM_LEASE_S")
     prices: dict[str, int] = Field(default_factory=dict, alias="GRSAI_PRICES")
 
     @field_validator("base_url")

@@ -32,8 +32,8 @@ from starlette.routing import Route
 
 from grsai_pipeline.domain.callbacks import CALLBACK_PATH, token_is_valid
 from grsai_pipeline.domain.states import RetryPolicy
+from grsai_pipeline.engine.callbacks import CallbackVerdict, apply_callback
 from grsai_pipeline.grsai.wire import PollResponse, parse_callback
-from grsai_pipeline.steps.callback import CallbackVerdict, apply_callback
 
 MAX_BODY_BYTES: Final = 64 * 1024
 STATUS_OF: Final = {

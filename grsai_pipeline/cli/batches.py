@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pandas as pd
 
 from grsai_pipeline.cli.errors import BadInput, Failed, database_or_exit, settings_or_exit
 from grsai_pipeline.store.batches import BatchView, create_batch, get_batch
@@ -149,6 +148,8 @@ def describe_batch(view: BatchView) -> str:
 
 
 def tasks_table(view: BatchView) -> str:
+    import pandas as pd
+
     frame = pd.DataFrame(
         [
             {

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pandas as pd
 
 from grsai_pipeline.cli.batches import describe_batch, tasks_table
 from grsai_pipeline.cli.errors import Failed
 from grsai_pipeline.cli.run import open_instance, run_until
 from grsai_pipeline.config import load_settings
-from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
 from grsai_pipeline.store.accounts import get_account, grant_credits
 from grsai_pipeline.store.batches import create_batch, get_batch
 from grsai_pipeline.store.db import get_engine, reading
@@ -67,6 +65,8 @@ SAMPLE_BATCH: list[dict[str, Any]] = [
 )
 def demo(workdir: Path | None) -> None:
     """Run a sample batch end to end against a local simulator, and print the ledger."""
+    from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
+
     workdir = workdir or Path(tempfile.mkdtemp(prefix="grsai-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     dagster_home = workdir / "dagster_home"
@@ -125,6 +125,8 @@ def demo(workdir: Path | None) -> None:
 
 
 def ledger_table(engine: Any) -> str:
+    import pandas as pd
+
     with reading(engine) as conn:
         entries = list_entries(conn, user_id=DEMO_USER)
     frame = pd.DataFrame(

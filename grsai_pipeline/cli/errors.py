@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from grsai_pipeline.config import Settings, SettingsError, load_settings
 from grsai_pipeline.store.db import get_engine
-from grsai_pipeline.store.migrate import current_revision, head_revision
+from grsai_pipeline.store.migrate import HEAD_REVISION, current_revision
 
 
 class BadInput(click.ClickException):
@@ -56,9 +56,9 @@ def database_or_exit(settings: Settings) -> Engine:
         raise Failed(
             f"cannot open the database GRSAI_DATABASE_URL: {database_error(exc)}"
         ) from None
-    if revision != head_revision():
+    if revision != HEAD_REVISION:
         raise Failed(
             f"the database schema is at revision {revision or 'none'}, this version needs "
-            f"{head_revision()}: run `grsai-pipeline db init`"
+            f"{HEAD_REVISION}: run `grsai-pipeline db init`"
         )
     return engine

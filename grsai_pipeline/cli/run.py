@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import dagster as dg
-from dagster._core.instance.ref import InstanceRef
 
 from grsai_pipeline.cli.batches import describe_batch
 from grsai_pipeline.cli.errors import BadInput, Failed, database_or_exit, settings_or_exit
 from grsai_pipeline.cli.progress import batch_progress
 from grsai_pipeline.config import Settings, SettingsError
-from grsai_pipeline.defs.in_process import run_batch
 from grsai_pipeline.domain.states import BatchStatus
 from grsai_pipeline.store.batches import BatchView, get_batch
 from grsai_pipeline.store.errors import UnknownBatch
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 @click.command()
@@ -54,6 +55,10 @@ def run(batch_id: str, until_settled: bool, timeout: float | None) -> None:
 
 def open_instance(settings: Settings) -> dg.DagsterInstance:
     """The Dagster instance in ``DAGSTER_HOME`` (read from the settings, so ``.env`` counts)."""
+    # Dagster is imported here, not at the top: the other commands never need it.
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
     if not settings.dagster_home:
         raise BadInput("DAGSTER_HOME is not set: set it to a directory for Dagster's run history")
     home = Path(settings.dagster_home).expanduser()
@@ -72,6 +77,8 @@ def run_until(
     progress: bool | None = None,
 ) -> BatchView:
     """One run, or runs until settled; each run's poll budget never outlasts the timeout."""
+    from grsai_pipeline.defs.in_process import run_batch
+
     engine = database_or_exit(settings)
     deadline = None if timeout is None else time.monotonic() + timeout
     with batch_progress(engine, batch_id, enabled=progress):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from grsai_pipeline.grsai.simulator import SimulatorConfig, serve
-
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -27,6 +25,8 @@ def simulator(
 
     Point GRSAI_BASE_URL at it. Faults: POST /_sim/faults; counters: GET /_sim/stats.
     """
+    from grsai_pipeline.grsai.simulator import SimulatorConfig, serve
+
     config = SimulatorConfig(api_key=api_key, seed=seed, generation_s=generation_s)
     click.echo(f"Grsai simulator on http://{host}:{port} (Ctrl-C to stop)", err=True)
     serve(host, port, config)

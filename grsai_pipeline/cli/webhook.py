@@ -7,7 +7,6 @@ import click
 from grsai_pipeline.cli.errors import BadInput, database_or_exit, settings_or_exit
 from grsai_pipeline.config import SettingsError
 from grsai_pipeline.domain.callbacks import CALLBACK_PATH
-from grsai_pipeline.webhook import serve
 
 
 @click.group()
@@ -24,6 +23,8 @@ def serve_command(host: str, port: int) -> None:
     Put it behind APP_URL (Grsai calls APP_URL + /api/video/callback); polling goes on
     beside it, so a callback that never arrives only delays its task.
     """
+    from grsai_pipeline.webhook import serve
+
     settings = settings_or_exit()
     try:
         secret = settings.require_webhook_secret()

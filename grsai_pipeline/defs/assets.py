@@ -1,27 +1,24 @@
 """The four partitioned assets of a batch: pending_tasks -> submitted_tasks -> polled_results
 -> settled_ledger. State lives in the application database, so each asset always materializes
-with metadata (never a value through an IO manager)."""
+with metadata (never a value through an IO manager), and each calls one function of the core.
+"""
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import dagster as dg
 
 from grsai_pipeline.config import SettingsError
-from grsai_pipeline.defs.metadata import api_metadata, batch_metadata
+from grsai_pipeline.defs.metadata import batch_metadata, engine_metadata
 from grsai_pipeline.defs.partitions import batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.grsai.client import ApiStats, GrsaiClient
+from grsai_pipeline.engine.work import follow_batch, submit_batch
 from grsai_pipeline.grsai.errors import RunStopped
-from grsai_pipeline.steps.follow import follow_tasks
-from grsai_pipeline.steps.runtime import StepContext
-from grsai_pipeline.steps.submit import submit_waiting_tasks
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
 from grsai_pipeline.store.batches import get_batch
 from grsai_pipeline.store.errors import UnknownBatch
-from grsai_pipeline.store.retries import prepare_batch
+from grsai_pipeline.store.retries import retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
 
 GROUP = "batch_pipeline"
@@ -38,29 +35,10 @@ class FollowConfig(dg.Config):
     budget_s: float | None = None
 
 
-def _step_context(
-    context: dg.AssetExecutionContext, app_db: AppDatabase, grsai: GrsaiApi
-) -> StepContext:
-    return StepContext(
-        engine=app_db.engine(),
-        settings=grsai.settings(),
-        runner_id=context.run.run_id,
-        log=context.log,
-    )
-
-
-def _call_api(step: StepContext, work: Callable[[GrsaiClient], Awaitable[T]]) -> tuple[T, ApiStats]:
-    """Run async API work with one client; what it did, and the client's counters.
-
-    A stopped run (bad key, no upstream credits, no key at all) fails without retries.
-    """
-
-    async def with_client() -> tuple[T, ApiStats]:
-        async with step.open_client() as client:
-            return await work(client), client.stats
-
+def _stopping_the_run(work: Callable[[], T]) -> T:
+    """Run API work; a stopped run (bad key, no upstream credits, no key) fails, no retries."""
     try:
-        return asyncio.run(with_client())
+        return work()
     except (RunStopped, SettingsError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
 
@@ -76,24 +54,26 @@ def _batch_id(context: dg.AssetExecutionContext, app_db: AppDatabase) -> str:
     return batch_id
 
 
+def _view_metadata(app_db: AppDatabase, batch_id: str) -> dict[str, Any]:
+    return batch_metadata(get_batch(app_db.engine(), batch_id, task_limit=20))
+
+
 @dg.asset(partitions_def=batches, group_name=GROUP, kinds={"sql"})
 def pending_tasks(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
-    """The batch's tasks, checked again before anything is sent. A settled batch's retryable
-    failures start a new reservation here (a re-run or backfill retries them)."""
+    """The batch's tasks waiting for the API. On a re-run or backfill of a settled batch, its
+    retryable failures are reserved again (a new reservation each) and wait with them."""
     batch_id = _batch_id(context, app_db)
-    prep = prepare_batch(app_db.engine(), batch_id)
-    if prep.retried or prep.short_of_credits:
+    retry = retry_failed_tasks(app_db.engine(), batch_id)
+    if retry.retried or retry.short_of_credits:
         context.log.info(
-            f"retrying {prep.retried} failed task(s) for {prep.retry_credits} credits; "
-            f"{prep.short_of_credits} not retried for lack of credits"
+            f"retrying {retry.retried} failed task(s) for {retry.retry_credits} credits; "
+            f"{retry.short_of_credits} not retried for lack of credits"
         )
-    view = get_batch(app_db.engine(), batch_id)
     return dg.MaterializeResult(
         metadata={
-            **batch_metadata(view),
-            "invalid_found": prep.invalid,
-            "retries_started": prep.retried,
-            "retries_short_of_credits": prep.short_of_credits,
+            **_view_metadata(app_db, batch_id),
+            "retries_started": retry.retried,
+            "retries_short_of_credits": retry.short_of_credits,
         }
     )
 
@@ -104,20 +84,16 @@ def pending_tasks(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.
 def submitted_tasks(
     context: dg.AssetExecutionContext, app_db: AppDatabase, grsai: GrsaiApi
 ) -> dg.MaterializeResult:
-    """Every waiting task submitted to the Grsai API, at most GRSAI_MAX_CONCURRENCY at once."""
+    """Every waiting task submitted to the Grsai API, at most GRSAI_MAX_CONCURRENCY requests at
+    once (polling the first answers meanwhile)."""
     batch_id = _batch_id(context, app_db)
-    step = _step_context(context, app_db, grsai)
-    report, stats = _call_api(step, lambda client: submit_waiting_tasks(step, client, [batch_id]))
-    context.log.info(f"submitted {report.submitted} task(s); outcomes {dict(report.tasks)}")
-    view = get_batch(app_db.engine(), batch_id)
+    settings = grsai.settings()
+    report = _stopping_the_run(
+        lambda: submit_batch(app_db.engine(), settings, context.run.run_id, batch_id)
+    )
+    context.log.info(f"submitted {report.accepted} task(s); {dict(report.outcomes())}")
     return dg.MaterializeResult(
-        metadata={
-            **batch_metadata(view),
-            **api_metadata(stats),
-            "submitted_now": report.submitted,
-            "possible_duplicates_now": report.possible_duplicates,
-            "paused_by_429": report.rate_limited_pause,
-        }
+        metadata={**_view_metadata(app_db, batch_id), **engine_metadata(report)}
     )
 
 
@@ -134,19 +110,16 @@ def polled_results(
 ) -> dg.MaterializeResult:
     """Remote tasks followed until final or until the poll budget is spent."""
     batch_id = _batch_id(context, app_db)
-    step = _step_context(context, app_db, grsai)
-    budget = config.budget_s if config.budget_s is not None else step.settings.poll_budget_s
-    report, stats = _call_api(step, lambda client: follow_tasks(step, client, [batch_id], budget))
-    view = get_batch(app_db.engine(), batch_id)
+    settings = grsai.settings()
+    budget = config.budget_s if config.budget_s is not None else settings.poll_budget_s
+    report = _stopping_the_run(
+        lambda: follow_batch(app_db.engine(), settings, context.run.run_id, batch_id, budget)
+    )
     missing = succeeded_without_video(app_db.engine(), batch_id)
     return dg.MaterializeResult(
         metadata={
-            **batch_metadata(view),
-            **api_metadata(stats),
-            "poll_rounds": report.rounds,
-            "polls_unanswered": report.unanswered,
-            "resubmitted": report.resubmit.submitted,
-            "possible_duplicates_now": report.resubmit.possible_duplicates,
+            **_view_metadata(app_db, batch_id),
+            **engine_metadata(report),
             "poll_budget_spent": report.budget_spent,
         },
         check_results=[
@@ -173,11 +146,10 @@ def settled_ledger(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg
     settlement = settle_batch(app_db.engine(), batch_id)
     if settlement.unfinished:
         context.log.info(f"waiting: {settlement.unfinished} task(s) not final yet")
-    view = get_batch(app_db.engine(), batch_id)
     problems = ledger_problems(app_db.engine(), batch_id)
     return dg.MaterializeResult(
         metadata={
-            **batch_metadata(view),
+            **_view_metadata(app_db, batch_id),
             "settlement": "settled"
             if settlement.settled
             else f"waiting on {settlement.unfinished} task(s)",

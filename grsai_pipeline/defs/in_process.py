@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import dagster as dg
 from sqlalchemy.exc import IntegrityError
 
-from grsai_pipeline.defs.jobs import batch_pipeline, batch_run_tags
+from grsai_pipeline.defs.jobs import batch_pipeline
 from grsai_pipeline.defs.partitions import BATCHES
+from grsai_pipeline.defs.runs import batch_run_tags
 
 # The caller reports a failed run in its own words; Dagster's console log would repeat it with
 # stack traces. The events stay in the instance for the UI.
@@ -74,5 +75,7 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
         if data.user_failure_data is not None and data.user_failure_data.description:
             return data.user_failure_data.description
         if data.error is not None:
-            return data.error.message.strip()
+            # Dagster's own wrapper says only which op failed; the cause says why.
+            error = data.error.cause or data.error
+            return error.message.strip()
     return "the run failed; see its events in the Dagster UI"

@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from grsai_pipeline.grsai.client import ApiStats
+from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.store.batches import BatchView
 
 PREVIEW_ROWS = 20
@@ -49,8 +49,17 @@ def tasks_preview(view: BatchView) -> str:
     return table + (f"\n\n… and {more} more tasks" if more > 0 else "")
 
 
-def api_metadata(stats: ApiStats) -> dict[str, int]:
-    return stats.as_metadata()
+def engine_metadata(report: EngineReport) -> dict[str, Any]:
+    """What the engine did in this step: requests, outcomes, possible duplicates, 429s."""
+    return {
+        **report.api_metadata(),
+        "submitted_now": report.accepted,
+        "polls_now": report.polls,
+        "polls_unanswered": report.unanswered,
+        "possible_duplicates_now": report.possible_duplicates,
+        "paused_by_429": report.rate_limited,
+        **{f"now_{outcome}": n for outcome, n in report.outcomes().items()},
+    }
 
 
 def _short(text: str, width: int = 80) -> str:

@@ -1,74 +1,51 @@
-"""``repoll_processing_schedule``: every minute, a run for each batch that still has work.
+"""``repoll_processing_schedule``: every minute, one run that follows the open batches.
 
-It asks only for batches whose partition exists and that no run is working on right now, so
-two runs of one batch are never requested at once; the queued run coordinator's per-batch tag
-limit (``dagster.yaml``) keeps them apart at launch, and the database claims make any overlap
-that still happens safe. A run that died without telling Dagster stops counting as "working"
-after ``BUSY_HORIZON`` (production also fails such runs through run monitoring).
+The run (``repoll_open_batches``) covers every batch with unfinished work that no run of its
+own is working on, however many there are. The schedule asks for it only when there is such
+a batch and no re-polling run is live; production's queued run coordinator keeps it to one at
+a time as well (a tag limit in ``dagster.yaml``), and the database claims make any overlap
+safe.
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
-import time
-from datetime import timedelta
-
 import dagster as dg
 
-from grsai_pipeline.defs.jobs import BATCH_ID_TAG, batch_pipeline, batch_run_tags
-from grsai_pipeline.defs.partitions import BATCHES
-from grsai_pipeline.defs.resources import AppDatabase
-from grsai_pipeline.store.batches import unsettled_batch_ids
-
-BUSY_HORIZON = timedelta(hours=2)
-IN_PROGRESS = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-
-
-def batches_with_live_runs(instance: dg.DagsterInstance) -> set[str]:
-    """Partitions of ``batch_pipeline`` runs in progress that started within the horizon."""
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=batch_pipeline.name, statuses=IN_PROGRESS)
-    )
-    oldest = time.time() - BUSY_HORIZON.total_seconds()
-    busy = set()
-    for record in records:
-        started = record.start_time or record.create_timestamp.timestamp()
-        key = record.dagster_run.tags.get("dagster/partition") or record.dagster_run.tags.get(
-            BATCH_ID_TAG
-        )
-        if key and started >= oldest:
-            busy.add(key)
-    return busy
+from grsai_pipeline.defs.repolling import repoll_open_batches
+from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
+from grsai_pipeline.defs.runs import (
+    REPOLL_TAG,
+    TRIGGER_TAG,
+    batches_with_live_runs,
+    repoll_run_is_live,
+)
+from grsai_pipeline.store.batches import open_batch_ids
+from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.runners import batches_with_live_runners
 
 
 @dg.schedule(
-    job=batch_pipeline,
+    job=repoll_open_batches,
     cron_schedule="* * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Re-polls every batch that still has unfinished tasks.",
+    description="Re-polls every batch that still has unfinished tasks, in one run.",
 )
 def repoll_processing_schedule(
-    context: dg.ScheduleEvaluationContext, app_db: AppDatabase
-) -> list[dg.RunRequest] | dg.SkipReason:
-    unsettled = unsettled_batch_ids(app_db.engine())
-    if not unsettled:
+    context: dg.ScheduleEvaluationContext, app_db: AppDatabase, grsai: GrsaiApi
+) -> dg.RunRequest | dg.SkipReason:
+    lease_s = grsai.settings().claim_lease_s
+    with reading(app_db.engine()) as conn:
+        open_ids = open_batch_ids(conn)
+        taken = batches_with_live_runners(conn, lease_s)
+    if not open_ids:
         return dg.SkipReason("no batch has unfinished tasks")
-    known = set(context.instance.get_dynamic_partitions(BATCHES))
-    busy = batches_with_live_runs(context.instance)
-    tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else ""
-    requests = [
-        dg.RunRequest(
-            partition_key=batch_id,
-            run_key=f"repoll:{batch_id}:{tick}",
-            tags=batch_run_tags(batch_id, "schedule"),
-        )
-        for batch_id in unsettled
-        if batch_id in known and batch_id not in busy
+    waiting = [
+        b for b in open_ids if b not in taken and b not in batches_with_live_runs(context.instance)
     ]
-    if not requests:
-        return dg.SkipReason(f"{len(unsettled)} unsettled batch(es), each already being worked on")
-    return requests
+    if not waiting:
+        return dg.SkipReason(f"{len(open_ids)} open batch(es), each with a run of its own at work")
+    if repoll_run_is_live(context.instance):
+        return dg.SkipReason(f"the re-polling run is still at work ({len(waiting)} batch(es))")
+    tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else ""
+    return dg.RunRequest(
+        run_key=f"repoll:{tick}", tags={REPOLL_TAG: "all", TRIGGER_TAG: "schedule"}
+    )

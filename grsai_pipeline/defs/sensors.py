@@ -13,9 +13,10 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from grsai_pipeline.defs.jobs import batch_pipeline, batch_run_tags
+from grsai_pipeline.defs.jobs import batch_pipeline
 from grsai_pipeline.defs.partitions import BATCHES, batches
 from grsai_pipeline.defs.resources import AppDatabase
+from grsai_pipeline.defs.runs import batch_run_tags
 from grsai_pipeline.domain.states import BatchStatus
 from grsai_pipeline.store.batches import BatchHeader, batches_created_since
 

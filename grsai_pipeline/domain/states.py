@@ -1,14 +1,12 @@
-"""The task state machine and the normalisation of Grsai results (SPEC 3).
+"""Statuses, failure kinds and the normalisation of Grsai answers (SPEC 3).
 
-One home for "what a remote answer means": polling and (later) webhook callbacks feed a
-:class:`RemoteResult` through :func:`normalise`, and :func:`after_poll` or
-:func:`after_submit_failure` decide what the task becomes.
+One home for "what a remote answer means": a poll's or a callback's :class:`RemoteResult` goes
+through :func:`normalise`; :mod:`grsai_pipeline.domain.lifecycle` decides what the task becomes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from typing import Final, Literal
 
@@ -46,6 +44,7 @@ class FailureKind(StrEnum):
     API_ERROR = "api_error"
     NO_VIDEO_URL = "no_video_url"
     NOT_FOUND = "not_found"
+    CANCELLED = "cancelled"
 
 
 # Resubmitted inside one reservation while attempts remain (SPEC 3).
@@ -135,61 +134,3 @@ class RetryPolicy:
     def may_retry(self, attempts: int) -> bool:
         """``attempts`` submits have been made; another is allowed while it is at most the limit."""
         return attempts <= self.max_task_retries
-
-
-@dataclass(frozen=True)
-class TaskChange:
-    """What to write to a task after an answer. ``status`` pending means: submit again."""
-
-    status: TaskStatus
-    progress: int | None = None
-    video_url: str | None = None
-    error_message: str | None = None
-    failure_kind: FailureKind | None = None
-    not_found_since: datetime | None = None
-
-
-def after_poll(
-    outcome: PollOutcome,
-    *,
-    attempts: int,
-    submitted_at: datetime | None,
-    not_found_since: datetime | None,
-    now: datetime,
-    policy: RetryPolicy,
-) -> TaskChange | None:
-    """The task's next state after a poll answer; ``None`` leaves it exactly as it is."""
-    if outcome.state == "succeeded":
-        return TaskChange(TaskStatus.SUCCEEDED, progress=100, video_url=outcome.video_url)
-    if outcome.state == "failed":
-        assert outcome.failure_kind is not None and outcome.error_message is not None
-        return _failed_or_retried(outcome.failure_kind, outcome.error_message, attempts, policy)
-    if outcome.state == "not_found":
-        if not_found_since is None:
-            return TaskChange(TaskStatus.PROCESSING, not_found_since=now)
-        unknown_for = (now - not_found_since).total_seconds()
-        if unknown_for > policy.not_found_grace_s:
-            message = f"TASK_NOT_FOUND: the API has not known this task for {unknown_for:.0f} s"
-            return TaskChange(
-                TaskStatus.FAILED, error_message=message, failure_kind=FailureKind.NOT_FOUND
-            )
-        return None
-    if submitted_at is not None and (now - submitted_at).total_seconds() > policy.task_timeout_s:
-        message = f"TIMED_OUT: still running {policy.task_timeout_s:.0f} s after submission"
-        return _failed_or_retried(FailureKind.TIMED_OUT, message, attempts, policy)
-    return TaskChange(TaskStatus.PROCESSING, progress=outcome.progress)
-
-
-def after_submit_failure(message: str, *, attempts: int, policy: RetryPolicy) -> TaskChange:
-    """A submit that failed after its whole retry budget (network, 5xx, timeouts, not JSON)."""
-    return _failed_or_retried(
-        FailureKind.SUBMIT_EXHAUSTED, f"SUBMIT_FAILED: {message}", attempts, policy
-    )
-
-
-def _failed_or_retried(
-    kind: FailureKind, message: str, attempts: int, policy: RetryPolicy
-) -> TaskChange:
-    if kind in AUTO_RETRYABLE and policy.may_retry(attempts):
-        return TaskChange(TaskStatus.PENDING, error_message=message, failure_kind=kind)
-    return TaskChange(TaskStatus.FAILED, error_message=message, failure_kind=kind)

@@ -16,6 +16,7 @@ its progress, once at its end, each with the body a poll would answer (``{"code"
 Faults are injected on demand over HTTP: ``POST /_sim/faults`` with rules such as
 ``{"endpoint": "submit", "status": 503, "times": 2}`` (see :class:`FaultRule`).
 ``GET /_sim/stats`` tells what the simulator received; ``POST /_sim/reset`` forgets it all.
+With ``log_polls``, ``GET /_sim/polls`` lists when each task was polled (``DELETE`` clears it).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class SimulatorConfig(BaseModel):
     not_found_window_s: float = 0.0
     mix: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MIX))
     seed: int | None = None
+    # Keep a log of every poll (when, which task), served at GET /_sim/polls (benchmarks).
+    log_polls: bool = False
 
 
 @dataclass
@@ -127,6 +130,8 @@ class _State:
     submits_by_prompt: Counter[str] = field(default_factory=Counter)
     # Callbacks under way; held here because the event loop keeps only weak references.
     callbacks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Per task id, the wall-clock times it was polled at (only with ``log_polls``).
+    polls: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Simulator:
@@ -143,6 +148,7 @@ class Simulator:
                 Route("/_sim/faults", self._faults, methods=["POST", "DELETE"]),
                 Route("/_sim/config", self._config, methods=["POST"]),
                 Route("/_sim/stats", self._stats, methods=["GET"]),
+                Route("/_sim/polls", self._polls, methods=["GET", "DELETE"]),
                 Route("/_sim/reset", self._reset, methods=["POST"]),
             ]
         )
@@ -195,6 +201,8 @@ class Simulator:
         state.stats["poll_requests"] += 1
         body = await _json_body(request)
         task_id = body.get("id") if isinstance(body, dict) else None
+        if state.config.log_polls and isinstance(task_id, str):
+            state.polls.setdefault(task_id, []).append(time.time())
         task = state.tasks.get(task_id) if isinstance(task_id, str) else None
         early, late_by = await self._before_answer(request, "poll", task.prompt if task else "")
         if early is not None:
@@ -308,6 +316,11 @@ class Simulator:
 
     async def _stats(self, request: Request) -> Response:
         return JSONResponse(self.stats())
+
+    async def _polls(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.state.polls.clear()
+        return JSONResponse(self.state.polls)
 
     async def _reset(self, request: Request) -> Response:
         config = self.state.config

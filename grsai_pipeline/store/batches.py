@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
 from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import (
+    FINAL_STATUSES,
     QUEUED,
     UNFINISHED_STATUSES,
     BatchStatus,
@@ -28,7 +29,6 @@ from grsai_pipeline.store.ledger import ensure_account, lock_balance, write_entr
 from grsai_pipeline.store.schema import batch_jobs, video_tasks
 
 TASK_STATUSES = tuple(s.value for s in TaskStatus)
-FINAL = [TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def create_batch(
                 user_id=user_id,
                 status=BatchStatus.PENDING.value,
                 total_tasks=len(rows),
-                reserved_credits=needed,
+                reserved_credits=0,  # the reservations below add to it
                 charged_credits=0,
                 refunded_credits=0,
                 created_at=now,
@@ -192,19 +192,26 @@ class BatchView:
         return self.counts[TaskStatus.PENDING] + self.counts[TaskStatus.PROCESSING]
 
 
-def get_batch(engine: Engine, batch_id: str, *, with_tasks: bool = True) -> BatchView:
-    """The batch, its counts per task status (``queued`` counted as pending) and its tasks."""
+def get_batch(
+    engine: Engine, batch_id: str, *, with_tasks: bool = True, task_limit: int | None = None
+) -> BatchView:
+    """The batch, its counts per task status (``queued`` counted as pending) and its tasks
+    (the first ``task_limit`` of them, when given)."""
     with reading(engine) as conn:
-        return read_batch(conn, batch_id, with_tasks=with_tasks)
+        return read_batch(conn, batch_id, with_tasks=with_tasks, task_limit=task_limit)
 
 
-def read_batch(conn: Connection, batch_id: str, *, with_tasks: bool = True) -> BatchView:
+def read_batch(
+    conn: Connection, batch_id: str, *, with_tasks: bool = True, task_limit: int | None = None
+) -> BatchView:
     batch = conn.execute(sa.select(batch_jobs).where(batch_jobs.c.id == batch_id)).one_or_none()
     if batch is None:
         raise UnknownBatch(batch_id)
     counts = dict.fromkeys(TASK_STATUSES, 0)
     # A final task counts as 100 % done, whatever its last progress figure.
-    done = sa.case((video_tasks.c.status.in_(FINAL), 100), else_=video_tasks.c.progress)
+    done = sa.case(
+        (video_tasks.c.status.in_(sorted(FINAL_STATUSES)), 100), else_=video_tasks.c.progress
+    )
     count_query = (
         sa.select(
             video_tasks.c.status,
@@ -240,6 +247,7 @@ def read_batch(conn: Connection, batch_id: str, *, with_tasks: bool = True) -> B
             )
             .where(video_tasks.c.batch_job_id == batch_id)
             .order_by(video_tasks.c.batch_index)
+            .limit(task_limit)
         )
         tasks = [TaskView(**row._mapping) for row in conn.execute(task_query)]
     return BatchView(
@@ -296,12 +304,11 @@ def batches_created_since(
         return [BatchHeader(row.id, row.status, row.created_at) for row in conn.execute(query)]
 
 
-def unsettled_batch_ids(engine: Engine) -> list[str]:
-    """Batches with work left: unfinished tasks, or final tasks not yet settled."""
+def open_batch_ids(conn: Connection) -> list[str]:
+    """Batches with work left (unfinished tasks, or final tasks not settled), oldest first."""
     query = (
         sa.select(batch_jobs.c.id)
         .where(batch_jobs.c.status != BatchStatus.SETTLED.value)
         .order_by(batch_jobs.c.created_at, batch_jobs.c.id)
     )
-    with reading(engine) as conn:
-        return list(conn.scalars(query))
+    return list(conn.scalars(query))

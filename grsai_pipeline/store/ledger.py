@@ -1,7 +1,8 @@
-"""The one place where money moves: ledger entries and the account changes they imply.
+"""The one place where money moves: ledger entries, and the account balances and batch money
+columns they imply (nothing else writes ``balance``, ``held`` or a batch's credit columns).
 
-Every caller passes an open transaction; entries and account updates commit or roll back
-together. The unique keys and CHECK constraints of the schema are the last word: a second
+Every caller passes an open transaction; entries and the columns they move commit or roll
+back together. The unique keys and CHECK constraints of the schema are the last word: a second
 close of a reservation, or a balance below zero, makes the whole transaction fail.
 """
 
@@ -24,7 +25,7 @@ from grsai_pipeline.domain.ledger import (
     account_change,
 )
 from grsai_pipeline.store.db import is_postgres
-from grsai_pipeline.store.schema import credit_accounts, credit_ledger, video_tasks
+from grsai_pipeline.store.schema import batch_jobs, credit_accounts, credit_ledger, video_tasks
 
 
 def ensure_account(conn: Connection, user_id: str, now: datetime) -> None:
@@ -75,6 +76,20 @@ def write_entries(conn: Connection, entries: Sequence[LedgerEntry], now: datetim
         per_user[entry.user_id].append(entry)
     for user_id, user_entries in sorted(per_user.items()):
         _move_account(conn, user_id, account_change(user_entries), now)
+    # A batch's credit columns are its ledger's sums, so a reservation another writer made
+    # (SPEC 2: other writers insert rows) is counted too.
+    for batch_id in sorted({e.batch_job_id for e in entries if e.batch_job_id is not None}):
+        totals = ledger_totals(conn, batch_id=batch_id)
+        conn.execute(
+            batch_jobs.update()
+            .where(batch_jobs.c.id == batch_id)
+            .values(
+                reserved_credits=totals.reserves,
+                charged_credits=totals.charges,
+                refunded_credits=totals.refunds,
+                updated_at=now,
+            )
+        )
 
 
 def _move_account(conn: Connection, user_id: str, change: AccountChange, now: datetime) -> None:
@@ -102,7 +117,9 @@ def open_reservations(conn: Connection, batch_id: str) -> list[OpenReservation]:
         .where(
             closes.c.video_task_id == reserves.c.video_task_id,
             closes.c.reservation == reserves.c.reservation,
-            closes.c.kind.in_([EntryKind.CHARGE.value, EntryKind.REFUND.value]),
+            # Inline kinds: SQLite uses the partial index uq_credit_ledger_close only when the
+            # query's condition names its very values (a bound parameter scans the ledger).
+            closes.c.kind.in_([sa.literal_column("'charge'"), sa.literal_column("'refund'")]),
         )
         .exists()
     )
@@ -144,7 +161,8 @@ def next_reservation_numbers(conn: Connection, task_ids: Sequence[str]) -> dict[
         sa.select(credit_ledger.c.video_task_id, sa.func.max(credit_ledger.c.reservation))
         .where(
             credit_ledger.c.video_task_id.in_(task_ids),
-            credit_ledger.c.kind == EntryKind.RESERVE.value,
+            # Inline, so that SQLite may use the partial index uq_credit_ledger_reserve.
+            credit_ledger.c.kind == sa.literal_column("'reserve'"),
         )
         .group_by(credit_ledger.c.video_task_id)
     )

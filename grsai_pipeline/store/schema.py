@@ -91,6 +91,22 @@ video_tasks = sa.Table(
     sa.CheckConstraint("progress BETWEEN 0 AND 100", name="progress_percent"),
     sa.CheckConstraint("price >= 0", name="price_not_negative"),
     sa.Index("ix_video_tasks_status_batch", "status", "batch_job_id"),
+    # Claims walk one batch's waiting tasks in order: a range scan, never a sort of the batch.
+    sa.Index("ix_video_tasks_batch_status_index", "batch_job_id", "status", "batch_index"),
+)
+
+# Who is working: every engine registers here and renews its heartbeat; a claim whose runner's
+# heartbeat is older than GRSAI_CLAIM_LEASE_S may be taken over. ``batch_job_id`` is the one
+# batch a per-batch run works on (NULL: a runner over every open batch).
+pipeline_runners = sa.Table(
+    "pipeline_runners",
+    metadata,
+    sa.Column("runner_id", sa.String(64), primary_key=True),
+    sa.Column("batch_job_id", sa.String(36), nullable=True, index=True),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime, nullable=False),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
 )
 
 credit_ledger = sa.Table(

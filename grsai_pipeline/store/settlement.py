@@ -12,7 +12,7 @@ from grsai_pipeline.domain.states import BatchStatus
 from grsai_pipeline.store.batches import count_unfinished
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.errors import UnknownBatch
-from grsai_pipeline.store.ledger import ledger_totals, open_reservations, write_entries
+from grsai_pipeline.store.ledger import open_reservations, write_entries
 from grsai_pipeline.store.schema import batch_jobs
 
 
@@ -70,25 +70,14 @@ def settle_batch(engine: Engine, batch_id: str) -> Settlement:
                 batch.refunded_credits,
             )
         write_entries(conn, entries, now)
-        totals = ledger_totals(conn, batch_id=batch_id)
-        conn.execute(
+        settled = conn.execute(
             batch_jobs.update()
             .where(batch_jobs.c.id == batch_id)
-            .values(
-                status=BatchStatus.SETTLED.value,
-                reserved_credits=totals.reserves,
-                charged_credits=totals.charges,
-                refunded_credits=totals.refunds,
-                settled_at=now,
-                updated_at=now,
+            .values(status=BatchStatus.SETTLED.value, settled_at=now, updated_at=now)
+            .returning(
+                batch_jobs.c.reserved_credits,
+                batch_jobs.c.charged_credits,
+                batch_jobs.c.refunded_credits,
             )
-        )
-    return Settlement(
-        batch_id,
-        BatchStatus.SETTLED.value,
-        0,
-        len(entries),
-        totals.reserves,
-        totals.charges,
-        totals.refunds,
-    )
+        ).one()
+    return Settlement(batch_id, BatchStatus.SETTLED.value, 0, len(entries), *settled)

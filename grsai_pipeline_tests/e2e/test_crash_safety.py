@@ -180,3 +180,34 @@ def test_chaos_kills_lose_nothing_and_duplicate_only_what_was_in_flight(
     )
     assert actual <= reported <= doubtful
     assert doubtful <= KILLS * int(env["GRSAI_MAX_CONCURRENCY"])
+
+
+def test_a_killed_runners_tasks_are_taken_over_within_a_minute_and_a_half(
+    engine, simulator, tmp_path, database_url
+) -> None:
+    """Default lease (GRSAI_CLAIM_LEASE_S): the dead runner's heartbeat stops, and another
+    runner takes its claims over once it is stale, not after a fixed five-minute lease."""
+    env = e2e_settings(database_url, simulator.base_url, tmp_path)
+    prompts = [f"takeover {i}" for i in range(30)]
+    batch_id = new_batch(engine, [{"prompt": p, "model": "sora-2"} for p in prompts])
+    # The first eight submits are accepted at once but answered 20 s late: the runner waits.
+    simulator.simulator.add_fault(FaultRule(endpoint="submit", delay_s=20, times=8))
+    log = tmp_path / "takeover.log"
+    runner = start_runner(batch_id, env, log)
+    wait_for(lambda: simulator.simulator.stats().get("submits_accepted", 0) >= 8, 60,
+             "the API to accept eight submits", log)  # fmt: skip
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=10)
+    killed_at = time.monotonic()
+    doubtful = in_flight(engine, batch_id)
+
+    run_to_the_end(batch_id, env, log)
+    took = time.monotonic() - killed_at
+
+    assert took < 90, f"the tasks took {took:.0f} s to finish after the kill"
+    statuses = rows(engine, "SELECT status, COUNT(*) AS n FROM video_tasks GROUP BY status")
+    assert {s["status"]: s["n"] for s in statuses} == {"succeeded": len(prompts)}
+    actual, reported = actual_duplicates(simulator, prompts), reported_duplicates(engine, batch_id)
+    assert actual <= reported <= doubtful <= 8
+    assert ledger_kinds(engine, batch_id) == {"reserve": len(prompts), "charge": len(prompts)}
+    assert_ledger_invariants(engine)

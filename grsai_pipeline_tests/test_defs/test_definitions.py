@@ -43,7 +43,15 @@ def test_sensor_and_schedule_run_by_default() -> None:
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.cron_schedule == "* * * * *"
-    assert sensor.job_name == schedule.job_name == "batch_pipeline"
+    assert sensor.job_name == "batch_pipeline"
+    assert schedule.job_name == "repoll_open_batches"
+
+
+def test_the_re_polling_job_is_one_op_in_one_process() -> None:
+    job = defs.resolve_job_def("repoll_open_batches")
+    assert job.executor_def.name == dg.in_process_executor.name
+    assert job.partitions_def is None
+    assert [node.name for node in job.graph.node_defs] == ["repoll_open_batches_op"]
 
 
 def test_asset_checks_cover_the_ledger_and_the_videos() -> None:

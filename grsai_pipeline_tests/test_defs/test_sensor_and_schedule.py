@@ -101,7 +101,7 @@ def test_a_settled_batch_gets_a_partition_but_no_run(app_env, engine, instance) 
     assert batch_id in instance.get_dynamic_partitions("batches")
 
 
-def schedule_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+def schedule_tick(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], str | None]:
     schedule = defs.resolve_schedule_def("repoll_processing_schedule")
     context = dg.build_schedule_context(
         instance=instance,
@@ -110,47 +110,13 @@ def schedule_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
         resources=defs.resources,
     )
     data = schedule.evaluate_tick(context)
-    return list(data.run_requests or [])
+    return list(data.run_requests or []), data.skip_message
 
 
-def test_schedule_requests_only_unsettled_batches_with_a_partition(
-    app_env, engine, instance
-) -> None:
-    processing = new_batch(engine, [TASK])
-    settled = new_batch(engine, [TASK])
-    unknown_to_dagster = new_batch(engine, [TASK])
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "UPDATE video_tasks SET status = 'processing', grsai_task_id = 'r'"
-                " WHERE batch_job_id = :b"
-            ),
-            {"b": processing},
-        )
-        conn.execute(
-            sa.text("UPDATE batch_jobs SET status = 'running' WHERE id = :b"), {"b": processing}
-        )
-        conn.execute(
-            sa.text("UPDATE video_tasks SET status = 'succeeded' WHERE batch_job_id = :b"),
-            {"b": settled},
-        )
-        conn.execute(
-            sa.text("UPDATE batch_jobs SET status = 'settled' WHERE id = :b"), {"b": settled}
-        )
-    instance.add_dynamic_partitions("batches", [processing, settled])
-
-    requests = schedule_tick(instance)
-
-    assert [r.partition_key for r in requests] == [processing]
-    assert unknown_to_dagster not in {r.partition_key for r in requests}
-    assert requests[0].run_key and processing in requests[0].run_key
-
-
-def test_schedule_skips_a_batch_that_a_run_is_working_on(app_env, engine, instance) -> None:
-    busy, idle = new_batch(engine, [TASK]), new_batch(engine, [TASK])
-    instance.add_dynamic_partitions("batches", [busy, idle])
-    job = defs.resolve_job_def("batch_pipeline")
-    run = instance.create_run_for_job(job, tags={"dagster/partition": busy, "batch_id": busy})
+def start_run(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str]) -> None:
+    """A run the daemon launched and that is still going."""
+    job = defs.resolve_job_def(job_name)
+    run = instance.create_run_for_job(job, tags=tags)
     instance.handle_run_event(
         run.run_id,
         dg.DagsterEvent(
@@ -159,8 +125,59 @@ def test_schedule_skips_a_batch_that_a_run_is_working_on(app_env, engine, instan
     )
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
 
-    assert [r.partition_key for r in schedule_tick(instance)] == [idle]
+
+def make_processing(engine: sa.Engine, batch_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE video_tasks SET status = 'processing', grsai_task_id = 'r'"
+                " WHERE batch_job_id = :b"
+            ),
+            {"b": batch_id},
+        )
+
+
+def test_schedule_asks_for_one_run_that_covers_every_open_batch(app_env, engine, instance) -> None:
+    processing, _never_submitted, settled = (new_batch(engine, [TASK, TASK]) for _ in range(3))
+    make_processing(engine, processing)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE batch_jobs SET status = 'settled' WHERE id = :b"), {"b": settled}
+        )
+
+    requests, skipped = schedule_tick(instance)
+
+    assert skipped is None
+    assert len(requests) == 1
+    assert requests[0].partition_key is None
+    assert requests[0].run_key == "repoll:2026-11-22T12:00:00+00:00"
+    assert requests[0].tags["grsai/repoll"] == "all"
+
+
+def test_schedule_skips_when_every_open_batch_has_a_run_of_its_own(
+    app_env, engine, instance
+) -> None:
+    busy = new_batch(engine, [TASK])
+    instance.add_dynamic_partitions("batches", [busy])
+    start_run(instance, "batch_pipeline", {"dagster/partition": busy, "batch_id": busy})
+
+    requests, skipped = schedule_tick(instance)
+
+    assert requests == []
+    assert skipped is not None and "a run of its own" in skipped
+
+
+def test_schedule_starts_no_second_re_polling_run_while_one_is_live(
+    app_env, engine, instance
+) -> None:
+    make_processing(engine, new_batch(engine, [TASK]))
+    start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})
+
+    requests, skipped = schedule_tick(instance)
+
+    assert requests == []
+    assert skipped is not None and "still at work" in skipped
 
 
 def test_schedule_with_nothing_to_do_requests_nothing(app_env, engine, instance) -> None:
-    assert schedule_tick(instance) == []
+    assert schedule_tick(instance) == ([], "no batch has unfinished tasks")

@@ -1,15 +1,22 @@
-"""Helpers of the store tests: sample tasks, and rows read or written with plain SQL, the way
-another writer (the web app, an operator) would touch the tables."""
+"""Helpers of the store tests: sample tasks; rows read or written with plain SQL, the way
+another writer (the web app, an operator) would touch the tables; and the engine's own claim
+and record steps, one call at a time."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from grsai_pipeline.domain.lifecycle import Event, TaskState, decide
+from grsai_pipeline.domain.states import RetryPolicy
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.schema import pipeline_runners
+from grsai_pipeline.store.tasks import ClaimedTask, apply_transitions, claim_waiting_tasks
 from grsai_pipeline_tests.helpers import rows
 
 T = TypeVar("T")
@@ -30,6 +37,9 @@ VEO_PRO = {"prompt": "A city timelapse", "model": "veo-pro"}
 # The default price table of SPEC 1 / the README.
 PRICE = {"sora-2:10": 10, "sora-2:15": 15, "veo-flash": 20, "veo-pro": 40}
 INVALID_MODEL = {"prompt": "A dragon", "model": "sora-3"}
+# GRSAI_CLAIM_LEASE_S's default: far longer than any test.
+LONG_LEASE = 300.0
+POLICY = RetryPolicy(max_task_retries=2)
 
 
 def sora(prompt: str = "A cinematic video", duration: int = 10) -> dict[str, Any]:
@@ -226,3 +236,43 @@ def run_together(calls: list[Callable[[], T]]) -> list[T]:
     if errors:
         raise errors[0]
     return results
+
+
+def claim(
+    engine: sa.Engine, batch_id: str, runner: str, n: int = 100, *, lease_s: float = LONG_LEASE
+) -> list[ClaimedTask]:
+    """``runner`` claims up to ``n`` pending tasks of the batch, in a transaction of its own."""
+    with engine.begin() as conn:
+        return claim_waiting_tasks(conn, runner, [(batch_id, n)], lease_s=lease_s, now=utc_now())
+
+
+def record(
+    engine: sa.Engine,
+    runner: str | None,
+    outcomes: Sequence[tuple[TaskState, Event]],
+    policy: RetryPolicy = POLICY,
+) -> int:
+    """Decide what each event makes of its task and write it all as ``runner`` in one
+    transaction, as the engine does; returns how many rows changed."""
+    now = utc_now()
+    decided = [decide(state, event, now=now, policy=policy) for state, event in outcomes]
+    with engine.begin() as conn:
+        return apply_transitions(
+            conn, [t for t in decided if t is not None], runner_id=runner, now=now
+        )
+
+
+def register_stale_runner(engine: sa.Engine, runner_id: str, silent_for_s: float) -> None:
+    """A runner's row whose last heartbeat was ``silent_for_s`` ago: it died without leaving."""
+    beat = utc_now() - timedelta(seconds=silent_for_s)
+    with engine.begin() as conn:
+        conn.execute(
+            pipeline_runners.insert().values(
+                runner_id=runner_id,
+                batch_job_id=None,
+                started_at=beat,
+                heartbeat_at=beat,
+                host="gone.example",
+                pid=1,
+            )
+        )

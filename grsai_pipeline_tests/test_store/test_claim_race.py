@@ -1,7 +1,7 @@
 """Two processes claiming one batch's pending tasks at the same moment never both get a task.
 
-Real concurrency: two spawned processes, each with its own engine and connections, released
-together by a barrier, round after round, on each database.
+Real concurrency: two spawned processes, each a registered runner with its own engine,
+connections and heartbeat, released together by a barrier, round after round, on each database.
 """
 
 from __future__ import annotations
@@ -16,18 +16,25 @@ from grsai_pipeline_tests.helpers import new_batch, rows
 ROUNDS = 25
 TASKS_PER_BATCH = 10
 CLAIM_LIMIT = 6
+LEASE_S = 300.0
 
 
 def claimer(url: str, name: str, barrier: Barrier, batches: mp.Queue, results: mp.Queue) -> None:
     """One runner: for each batch id, wait for the other runner, then claim at once."""
-    from grsai_pipeline.store.claims import claim_pending_tasks
+    from grsai_pipeline.store.columns import utc_now
     from grsai_pipeline.store.db import get_engine
+    from grsai_pipeline.store.runners import Heartbeat
+    from grsai_pipeline.store.tasks import claim_waiting_tasks
 
     engine = get_engine(url)
-    while (batch_id := batches.get()) is not None:
-        barrier.wait(timeout=30)
-        claimed = claim_pending_tasks(engine, [batch_id], name, CLAIM_LIMIT, lease_s=300)
-        results.put((name, batch_id, [task.id for task in claimed]))
+    with Heartbeat(engine, name, LEASE_S):
+        while (batch_id := batches.get()) is not None:
+            barrier.wait(timeout=30)
+            with engine.begin() as conn:
+                claimed = claim_waiting_tasks(
+                    conn, name, [(batch_id, CLAIM_LIMIT)], lease_s=LEASE_S, now=utc_now()
+                )
+            results.put((name, batch_id, [task.state.id for task in claimed]))
 
 
 def test_two_processes_claiming_at_once_never_share_a_task(
@@ -55,11 +62,16 @@ def test_two_processes_claiming_at_once_never_share_a_task(
             assert not first & second, f"both runners claimed {first & second}"
             assert len(first | second) == TASKS_PER_BATCH
             claimed_by = rows(
-                engine, "SELECT id, claimed_by FROM video_tasks WHERE batch_job_id = :b", b=batch_id
+                engine,
+                "SELECT id, claimed_by, possible_duplicates FROM video_tasks"
+                " WHERE batch_job_id = :b",
+                b=batch_id,
             )
             for task in claimed_by:
                 owner = "runner-0" if task["id"] in first else "runner-1"
                 assert task["claimed_by"] == owner
+                # Neither took a claim of the other over: both runners are alive.
+                assert task["possible_duplicates"] == 0
     finally:
         for queue in queues:
             queue.put(None)

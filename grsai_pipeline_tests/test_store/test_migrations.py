@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from grsai_pipeline.cli import main
 from grsai_pipeline.store import db as store_db
-from grsai_pipeline.store.migrate import current_revision, head_revision, upgrade_schema
+from grsai_pipeline.store.migrate import HEAD_REVISION, current_revision, upgrade_schema
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, rows
 
@@ -88,7 +88,7 @@ def test_db_init_upgrades_the_first_schema_in_place(first_version_url, monkeypat
 
     assert exit_info.value.code == 0
     assert "upgraded from 0001" in capsys.readouterr().out
-    assert current_revision(engine) == head_revision() != "0001"
+    assert current_revision(engine) == HEAD_REVISION != "0001"
     after = {table: rows(engine, f"SELECT * FROM {table} ORDER BY 1") for table in before}
     for table, old_rows in before.items():
         kept = [{k: row[k] for k in old_rows[0]} for row in after[table]]

@@ -18,9 +18,10 @@ from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import create_app_engine
 from grsai_pipeline.store.ledger import write_entries
 from grsai_pipeline.store.migrate import (
+    HEAD_REVISION,
     VERSION_TABLE,
+    alembic_head_revision,
     current_revision,
-    head_revision,
     upgrade_schema,
 )
 from grsai_pipeline.store.schema import metadata
@@ -100,7 +101,7 @@ def test_db_init_creates_the_schema_in_an_empty_database(empty_database_url: str
 
         upgrade_schema(engine)
 
-        assert current_revision(engine) == head_revision()
+        assert current_revision(engine) == HEAD_REVISION
         assert set(SPEC_COLUMNS) <= set(sa.inspect(engine).get_table_names())
         grant_credits(engine, "alice", 5)  # usable at once
         assert account_row(engine, "alice")["balance"] == 5
@@ -116,9 +117,9 @@ def test_upgrading_again_is_a_no_op_that_keeps_every_row(engine: sa.Engine) -> N
     upgrade_schema(engine)
     upgrade_schema(engine)
 
-    assert current_revision(engine) == head_revision()
+    assert current_revision(engine) == HEAD_REVISION
     assert rows(engine, f"SELECT version_num FROM {VERSION_TABLE}") == [
-        {"version_num": head_revision()}
+        {"version_num": HEAD_REVISION}
     ]
     assert sorted(sa.inspect(engine).get_table_names()) == tables_before
     assert table_snapshot(engine) == before
@@ -318,3 +319,7 @@ def test_a_reserve_larger_than_the_balance_fails_the_whole_write(
         write_entries(conn, entries, utc_now())
 
     assert table_snapshot(engine) == before
+
+
+def test_the_head_revision_commands_check_is_the_newest_migration() -> None:
+    assert alembic_head_revision() == HEAD_REVISION

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from grsai_pipeline.domain.states import RetryPolicy, TaskChange, TaskStatus
+from grsai_pipeline.domain.lifecycle import Accepted, Answered, Rejected, SubmitFailed
+from grsai_pipeline.domain.states import RemoteResult, RetryPolicy
 from grsai_pipeline.store.batches import get_batch
-from grsai_pipeline.store.claims import SubmitOutcome, claim_pending_tasks, record_submit_outcomes
 from grsai_pipeline.store.errors import UnknownBatch
-from grsai_pipeline.store.polling import processing_tasks, record_poll_changes
 from grsai_pipeline.store.settlement import settle_batch
+from grsai_pipeline.store.tasks import tasks_at_api
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,
     ledger_kinds,
@@ -26,10 +26,13 @@ from grsai_pipeline_tests.test_store.store_support import (
     VEO_FLASH,
     VEO_PRO,
     batch_row,
+    claim,
+    execute,
     fail,
     insert_task,
     ledger_of,
     money,
+    record,
     run_together,
     set_task,
     sora,
@@ -151,29 +154,43 @@ def test_settle_an_unknown_batch_raises_unknown_batch(engine: sa.Engine) -> None
         settle_batch(engine, "no-such-batch")
 
 
-def test_settlement_after_the_tasks_ran_through_the_record_functions(engine: sa.Engine) -> None:
+def test_settlement_after_the_tasks_ran_through_claims_and_answers(engine: sa.Engine) -> None:
     policy = RetryPolicy(max_task_retries=0)
     batch_id = new_batch(engine, [sora("a"), sora("b"), VEO_PRO, sora("d")], credits=100)
-    a, b, c, d = claim_pending_tasks(engine, [batch_id], "runner", 10, lease_s=300)
-    record_submit_outcomes(
+    a, b, c, d = claim(engine, batch_id, "runner")
+    record(
         engine,
         "runner",
         [
-            SubmitOutcome(a, grsai_task_id="remote-a"),
-            SubmitOutcome(b, grsai_task_id="remote-b"),
-            SubmitOutcome(c, rejected="bad request"),
-            SubmitOutcome(d, exhausted="HTTP 502"),
+            (a.state, Accepted("remote-a")),
+            (b.state, Accepted("remote-b")),
+            (c.state, Rejected("bad request")),
+            (d.state, SubmitFailed("HTTP 502")),
         ],
         policy,
     )
     assert settle_batch(engine, batch_id).unfinished == 2
-    first, second = processing_tasks(engine, [batch_id])
-    record_poll_changes(
+    with engine.connect() as conn:
+        at_api = tasks_at_api(conn, task_ids(engine, batch_id))
+    assert sorted(t.state.grsai_task_id or "" for t in at_api) == ["remote-a", "remote-b"]
+    record(
         engine,
+        None,
         [
-            (first, TaskChange(TaskStatus.SUCCEEDED, 100, "https://cdn.example.com/a.mp4")),
-            (second, TaskChange(TaskStatus.SUCCEEDED, 100, "https://cdn.example.com/b.mp4")),
+            (
+                task.state,
+                Answered(
+                    RemoteResult(
+                        code=0,
+                        msg="success",
+                        status="succeeded",
+                        video_url=f"https://cdn.example.com/{task.state.grsai_task_id}.mp4",
+                    )
+                ),
+            )
+            for task in at_api
         ],
+        policy,
     )
 
     result = settle_batch(engine, batch_id)
@@ -181,6 +198,42 @@ def test_settlement_after_the_tasks_ran_through_the_record_functions(engine: sa.
     assert (result.settled, result.charged_credits, result.refunded_credits) == (True, 20, 50)
     assert ledger_kinds(engine, batch_id) == {"reserve": 4, "charge": 2, "refund": 2}
     assert money(engine, "alice") == (80, 0)
+    assert_ledger_invariants(engine)
+
+
+def test_a_reservation_another_writer_made_is_counted_on_the_settled_batch(
+    engine: sa.Engine,
+) -> None:
+    # The web app adds a task and its reservation, but leaves the batch's columns as they were.
+    batch_id = new_batch(engine, [SORA_10], credits=100)
+    added = insert_task(engine, batch_id, 1, price=15)
+    execute(
+        engine,
+        "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind, amount,"
+        " reservation, created_at) VALUES ('alice', :b, :t, 'reserve', 15, 1, CURRENT_TIMESTAMP)",
+        b=batch_id,
+        t=added,
+    )
+    execute(
+        engine,
+        "UPDATE credit_accounts SET balance = balance - 15, held = held + 15"
+        " WHERE user_id = 'alice'",
+    )
+    assert batch_row(engine, batch_id)["reserved_credits"] == 10
+    first, second = task_ids(engine, batch_id)
+    succeed(engine, first)
+    fail(engine, second, "error")
+
+    result = settle_batch(engine, batch_id)
+
+    assert (result.reserved_credits, result.charged_credits, result.refunded_credits) == (
+        25, 10, 15,
+    )  # fmt: skip
+    batch = batch_row(engine, batch_id)
+    assert (batch["reserved_credits"], batch["charged_credits"], batch["refunded_credits"]) == (
+        25, 10, 15,
+    )  # fmt: skip
+    assert money(engine, "alice") == (90, 0)
     assert_ledger_invariants(engine)
 
 

@@ -1,9 +1,8 @@
-"""Helpers of the callback tests: tasks the real submit step sent, and callbacks about them
+"""Helpers of the callback tests: tasks the real engine submitted, and callbacks about them
 shaped exactly like SPEC 3's poll answers."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -11,8 +10,7 @@ import sqlalchemy as sa
 
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.domain.callbacks import CALLBACK_PATH, callback_token
-from grsai_pipeline.steps.runtime import StepContext
-from grsai_pipeline.steps.submit import submit_waiting_tasks
+from grsai_pipeline.engine.work import submit_batch
 from grsai_pipeline_tests.helpers import new_batch
 from grsai_pipeline_tests.test_store.store_support import tasks_of
 
@@ -22,15 +20,14 @@ VEO = {"prompt": "A paper boat", "model": "veo-flash"}
 
 
 def submitted(engine: sa.Engine, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A new batch whose tasks the real submit step has sent to the simulator."""
+    """A new batch whose tasks the real engine has sent to the simulator, and not polled yet:
+    the callbacks the tests post are the first answers about them."""
     batch_id = new_batch(engine, tasks)
-    ctx = StepContext(engine, load_settings(), runner_id="test-submit")
+    settings = load_settings().model_copy(update={"poll_interval_s": 3600.0})
 
-    async def submit() -> None:
-        async with ctx.open_client() as client:
-            await submit_waiting_tasks(ctx, client, [batch_id])
+    report = submit_batch(engine, settings, "test-submit", batch_id)
 
-    asyncio.run(submit())
+    assert (report.accepted, report.polls) == (len(tasks), 0)
     found = tasks_of(engine, batch_id)
     assert [t["status"] for t in found] == ["processing"] * len(tasks)
     return found

@@ -1,4 +1,4 @@
-"""Follow a task by webHook callback (SPEC 5): the same normalisation and writes as a poll.
+"""Follow a task by webHook callback (SPEC 5): the same decision and guarded write as a poll.
 
 A callback names one of our tasks (its token was checked before this) and, in ``data.id``,
 the remote task it is about. It moves the task only while that remote task is the task's
@@ -14,10 +14,11 @@ from enum import StrEnum
 
 from sqlalchemy.engine import Engine
 
-from grsai_pipeline.domain.states import RetryPolicy, TaskStatus, after_poll, normalise
+from grsai_pipeline.domain.lifecycle import Answered, decide
+from grsai_pipeline.domain.states import RetryPolicy, TaskStatus
 from grsai_pipeline.grsai.wire import PollResponse
 from grsai_pipeline.store.columns import utc_now
-from grsai_pipeline.store.polling import record_poll_changes, task_at_api
+from grsai_pipeline.store.tasks import apply_transitions, task_for_callback
 
 
 class CallbackVerdict(StrEnum):
@@ -40,25 +41,20 @@ def apply_callback(
     answer: PollResponse,
     now: datetime | None = None,
 ) -> CallbackOutcome:
-    found = task_at_api(engine, task_id)
-    if found is None:
-        return CallbackOutcome(CallbackVerdict.UNKNOWN_TASK)
-    status, target = found
+    """Apply one verified callback in one transaction."""
+    now = now or utc_now()
     remote_id = answer.data.id if answer.data else None
-    if target is None or target.grsai_task_id != remote_id:
-        return CallbackOutcome(CallbackVerdict.OTHER_ATTEMPT, status)
-    if status != TaskStatus.PROCESSING.value:
-        return CallbackOutcome(CallbackVerdict.UNCHANGED, status)
-    change = after_poll(
-        normalise(answer.to_result(is_sora=target.is_sora)),
-        attempts=target.attempts,
-        submitted_at=target.submitted_at,
-        not_found_since=target.not_found_since,
-        now=now or utc_now(),
-        policy=policy,
-    )
-    if change is not None and record_poll_changes(engine, [(target, change)]):
-        return CallbackOutcome(CallbackVerdict.APPLIED, change.status.value)
-    # No news, or another writer (a poll, a second callback) moved the task first.
-    again = task_at_api(engine, task_id)
-    return CallbackOutcome(CallbackVerdict.UNCHANGED, again[0] if again else None)
+    with engine.begin() as conn:
+        task = task_for_callback(conn, task_id)
+        if task is None:
+            return CallbackOutcome(CallbackVerdict.UNKNOWN_TASK)
+        state = task.state
+        if state.grsai_task_id is None or state.grsai_task_id != remote_id:
+            return CallbackOutcome(CallbackVerdict.OTHER_ATTEMPT, state.status)
+        if state.status != TaskStatus.PROCESSING.value:
+            return CallbackOutcome(CallbackVerdict.UNCHANGED, state.status)
+        result = answer.to_result(is_sora=task.is_sora)
+        transition = decide(state, Answered(result), now=now, policy=policy)
+        if transition is None or not apply_transitions(conn, [transition], runner_id=None, now=now):
+            return CallbackOutcome(CallbackVerdict.UNCHANGED, state.status)
+        return CallbackOutcome(CallbackVerdict.APPLIED, state.after(transition).status)

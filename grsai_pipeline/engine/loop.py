@@ -1,0 +1,517 @@
+"""The engine: submits and polls share one loop with ``GRSAI_MAX_CONCURRENCY`` request slots.
+
+Work comes from two places. Tasks to submit are claimed from the database just before they
+are sent, fairly across the batches in scope (one batch after another, a few tasks each), and
+never more than there are free slots: a crash leaves at most ``GRSAI_MAX_CONCURRENCY`` submits
+in doubt. Tasks at the API wait in a heap ordered by when their next poll is due. A free slot
+takes a due poll or a claimed submit, in turn.
+
+Every answer goes through :func:`~grsai_pipeline.domain.lifecycle.decide`; the transitions are
+written in bulk, in the same transaction as the next claim (one database round per few
+answers, never one per task), by :func:`~grsai_pipeline.store.tasks.apply_transitions`.
+Database work runs in a worker thread, one transaction at a time, so that the event loop keeps
+the wire busy meanwhile. Every few seconds the engine rescans the database for work other
+writers made (new batches, retries, tasks another runner left, callbacks that finished a task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Final
+
+from sqlalchemy.engine import Engine as Database
+
+from grsai_pipeline.domain.lifecycle import (
+    Accepted,
+    Answered,
+    Event,
+    FoundInvalid,
+    NotSent,
+    Rejected,
+    SubmitFailed,
+    TaskState,
+    Transition,
+    decide,
+)
+from grsai_pipeline.domain.states import RetryPolicy, TaskStatus
+from grsai_pipeline.engine.report import EngineReport
+from grsai_pipeline.engine.scope import Scope
+from grsai_pipeline.grsai.client import GrsaiClient
+from grsai_pipeline.grsai.errors import ApiUnavailable, RateLimited, RunStopped
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.db import is_postgres, reading
+from grsai_pipeline.store.runners import Heartbeat
+from grsai_pipeline.store.settlement import settle_batch
+from grsai_pipeline.store.tasks import (
+    ClaimedTask,
+    RemoteTask,
+    apply_transitions,
+    claim_waiting_tasks,
+    ids_at_api,
+    take_queued_as_pending,
+    tasks_at_api,
+    unfinished_per_batch,
+    waiting_per_batch,
+)
+
+log = logging.getLogger(__name__)
+
+# Poll answers are written at least this often, or once this many wait.
+FLUSH_EVERY_S: Final = 0.25
+FLUSH_AT: Final = 500
+# How often the database is read again for work that other writers made.
+RESCAN_EVERY_S: Final = 2.0
+
+
+class Until(StrEnum):
+    """When a run of the engine ends (besides its time budget)."""
+
+    SUBMITTED = "submitted"  # nothing in scope is left to submit
+    FINAL = "final"  # every task in scope is final
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine needs of the settings."""
+
+    max_concurrency: int
+    poll_interval_s: float
+    claim_lease_s: float
+    policy: RetryPolicy
+    webhook_for: Callable[[str], str]
+
+
+class Engine:
+    """One scope of batches, one client, one runner. ``await engine.run(...)`` per step."""
+
+    def __init__(
+        self,
+        db: Database,
+        client: GrsaiClient,
+        heartbeat: Heartbeat,
+        scope: Scope,
+        settings: EngineSettings,
+        *,
+        settles: bool = False,
+    ) -> None:
+        self.db = db
+        self.client = client
+        self.heartbeat = heartbeat
+        self.scope = scope
+        self.settings = settings
+        self.report = EngineReport()
+        self._slots = settings.max_concurrency
+        # Settle finished batches as the scope is read (the re-polling run; a batch's own run
+        # settles in its settled_ledger step instead).
+        self.settles = settles
+        # SQLite works in this process: from a worker thread it would only add GIL hand-offs
+        # (measured: a transaction took 3x longer). PostgreSQL waits on the network, so its
+        # transactions run in a worker thread while the event loop keeps the wire busy.
+        self._inline_db = not is_postgres(db)
+        self._batches: list[str] = []
+        # Tasks at the API: their state, and a heap of (due, sequence, id); stale entries skipped.
+        self._at_api: dict[str, RemoteTask] = {}
+        self._due: list[tuple[float, int, str]] = []
+        self._due_seq: dict[str, int] = {}
+        self._seq = itertools.count()
+        # Batches that may have claimable tasks, in turn; claimed tasks not sent yet.
+        self._rotation: deque[str] = deque()
+        self._to_submit: deque[ClaimedTask] = deque()
+        # Claims not yet ended in the database: queued, on the wire, or answered unrecorded.
+        self._in_doubt = 0
+        self._unrecorded: list[Transition] = []
+        self._unrecorded_since = 0.0
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._submits_in_flight = 0
+        self._sync: asyncio.Task[None] | None = None
+        self._next_rescan = 0.0
+        self._rescanned_clean = False
+        self._claiming = True
+        self._stopped: RunStopped | None = None
+        self._failure: BaseException | None = None
+        self._wake = asyncio.Event()
+        self._turn = 0
+        self._deadline = 0.0
+        self.last_scan: Rescan | None = None
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self, until: Until, budget_s: float) -> EngineReport:
+        """Work until ``until`` holds or ``budget_s`` passes; then record everything and return.
+
+        Raises RunStopped (401/403, upstream without credits) once what was answered is
+        recorded; no task is failed for it.
+        """
+        self.report = EngineReport()
+        api_before = replace(self.client.stats)
+        try:
+            return await self._work(until, budget_s)
+        finally:
+            api = self.client.stats
+            self.report.api_calls = api.calls - api_before.calls
+            self.report.api_retries = api.retries - api_before.retries
+            self.report.api_429s = api.rate_limited - api_before.rate_limited
+
+    async def _work(self, until: Until, budget_s: float) -> EngineReport:
+        self._deadline = time.monotonic() + budget_s
+        self._claiming = True
+        self._rescanned_clean = False
+        await self._synchronise(claim=False, rescan=True)
+        while True:
+            now = time.monotonic()
+            self._collect_sync()
+            open_ = now < self._deadline and self._stopped is None and self._failure is None
+            if open_:
+                self._dispatch(now)
+            else:
+                self._release_unsent()
+            if self._sync is None:
+                # Read the scope every few seconds, and at once when nothing is left to do.
+                ran_dry = self._idle(until) and not self._in_flight and not self._rescanned_clean
+                rescan = open_ and (now >= self._next_rescan or ran_dry)
+                if rescan or self._sync_needed(now, open_):
+                    self._sync = asyncio.create_task(self._synchronise(claim=open_, rescan=rescan))
+            if self._sync is None and not self._in_flight:
+                if not open_ and not self._unrecorded:
+                    break
+                if open_ and self._idle(until) and self._rescanned_clean and self._finished(until):
+                    break
+            await self._sleep(now, open_)
+        self.report.budget_spent = time.monotonic() >= self._deadline
+        if self._failure is not None:
+            raise self._failure
+        if self._stopped is not None:
+            raise self._stopped
+        return self.report
+
+    def _dispatch(self, now: float) -> None:
+        """Fill free slots: due polls and claimed submits, in turn when both wait."""
+        while len(self._in_flight) < self._slots:
+            poll = self._next_due(now)
+            if poll is not None and (not self._to_submit or self._turn == 0):
+                heapq.heappop(self._due)
+                self._due_seq.pop(poll, None)
+                self._start(self._poll(self._at_api[poll]))
+            elif self._to_submit:
+                self._submits_in_flight += 1
+                self._start(self._submit(self._to_submit.popleft()))
+            else:
+                return
+            self._turn ^= 1
+
+    def _start(self, job: Coroutine[Any, Any, None]) -> None:
+        self._rescanned_clean = False
+        task = asyncio.create_task(job)
+        self._in_flight.add(task)
+        task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+        self._wake.set()
+
+    def _next_due(self, now: float) -> str | None:
+        while self._due:
+            due, seq, task_id = self._due[0]
+            if self._due_seq.get(task_id) != seq:
+                heapq.heappop(self._due)  # superseded, being polled, or gone
+                continue
+            return task_id if due <= now else None
+        return None
+
+    def _idle(self, until: Until) -> bool:
+        """Nothing left in memory for this kind of run: only the database can say more."""
+        if self._to_submit or self._unrecorded or (self._rotation and self._claiming):
+            return False
+        return until is Until.SUBMITTED or not self._due_seq
+
+    def _finished(self, until: Until) -> bool:
+        if until is Until.SUBMITTED:
+            return self.report.waiting_claimable == 0
+        return self.report.unfinished == 0
+
+    def _collect_sync(self) -> None:
+        if self._sync is not None and self._sync.done():
+            sync, self._sync = self._sync, None
+            if sync.exception() is not None and self._failure is None:
+                self._failure = sync.exception()
+
+    async def _sleep(self, now: float, open_: bool) -> None:
+        wake_at = now + FLUSH_EVERY_S
+        if open_:
+            wake_at = min(wake_at, self._deadline, self._next_rescan)
+            if self._due and len(self._in_flight) < self._slots:
+                wake_at = min(wake_at, self._due[0][0])
+        self._wake.clear()
+        if self._sync is not None and self._sync.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - time.monotonic()))
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def _poll(self, task: RemoteTask) -> None:
+        self.report.polls += 1
+        remote_id = task.state.grsai_task_id
+        assert remote_id is not None
+        try:
+            result = await self.client.poll(
+                remote_id, is_sora=task.is_sora, deadline=self._deadline
+            )
+        except (ApiUnavailable, RateLimited):
+            self.report.unanswered += 1  # left as it is, for the next poll
+            self._schedule(task, self.settings.poll_interval_s)
+            return
+        except RunStopped as exc:
+            self._stopped = self._stopped or exc
+            self._schedule(task, 0.0)
+            return
+        self.report.batch(task.batch_job_id).answered += 1
+        self._record(task.state, task.batch_job_id, Answered(result), task.is_sora)
+
+    async def _submit(self, claimed: ClaimedTask) -> None:
+        try:
+            event = await self._send(claimed)
+        finally:
+            self._submits_in_flight -= 1
+        is_sora = claimed.spec is not None and claimed.spec.is_sora
+        self._record(claimed.state, claimed.batch_job_id, event, is_sora)
+
+    async def _send(self, claimed: ClaimedTask) -> Event:
+        if claimed.spec is None:
+            assert claimed.invalid_reason is not None
+            return FoundInvalid(claimed.invalid_reason)
+        if self._stopped is not None or not self.heartbeat.fresh:
+            # Our claims may be taken over soon: never send what another runner may send too.
+            self._stop_claiming()
+            return NotSent()
+        self.report.submits += 1
+        self.report.possible_duplicates += int(claimed.reclaimed)
+        try:
+            answer = await self.client.submit(
+                claimed.spec, webhook=self.settings.webhook_for(claimed.state.id)
+            )
+        except RunStopped as exc:
+            self._stopped = self._stopped or exc
+            return NotSent()
+        except RateLimited:
+            self.report.rate_limited = True
+            self._stop_claiming()  # the rest waits for the next run
+            return NotSent()
+        except ApiUnavailable as exc:
+            self.report.possible_duplicates += exc.uncertain_tries
+            return SubmitFailed(str(exc), exc.uncertain_tries)
+        self.report.possible_duplicates += answer.uncertain_tries
+        if answer.accepted:
+            assert answer.task_id is not None
+            return Accepted(answer.task_id, answer.uncertain_tries)
+        return Rejected(answer.msg, answer.uncertain_tries)
+
+    def _record(self, state: TaskState, batch_id: str, event: Event, is_sora: bool) -> None:
+        """Decide what the task becomes, queue the write, and follow it on in memory."""
+        self._rescanned_clean = False
+        transition = decide(state, event, now=utc_now(), policy=self.settings.policy)
+        after = state if transition is None else state.after(transition)
+        if transition is not None:
+            if not self._unrecorded:
+                self._unrecorded_since = time.monotonic()
+            self._unrecorded.append(transition)
+            self.report.count(batch_id, transition)
+        if after.status == TaskStatus.PROCESSING.value:
+            task = RemoteTask(after, batch_id, is_sora)
+            self._schedule(task, self.settings.poll_interval_s)
+        else:
+            self._forget(state.id)
+            if after.status == TaskStatus.PENDING.value:
+                self._want(batch_id)
+
+    def _schedule(self, task: RemoteTask, after_s: float) -> None:
+        seq = next(self._seq)
+        self._at_api[task.state.id] = task
+        self._due_seq[task.state.id] = seq
+        heapq.heappush(self._due, (time.monotonic() + after_s, seq, task.state.id))
+
+    def _forget(self, task_id: str) -> None:
+        self._at_api.pop(task_id, None)
+        self._due_seq.pop(task_id, None)
+
+    def _want(self, batch_id: str) -> None:
+        if self._claiming and batch_id in self._batches and batch_id not in self._rotation:
+            self._rotation.append(batch_id)
+
+    def _stop_claiming(self) -> None:
+        self._claiming = False
+        self._rotation.clear()
+
+    def _release_unsent(self) -> None:
+        while self._to_submit:
+            claimed = self._to_submit.popleft()
+            self._record(claimed.state, claimed.batch_job_id, NotSent(), False)
+
+    # --- the database ---------------------------------------------------------------------
+
+    def _sync_needed(self, now: float, open_: bool) -> bool:
+        if any(t.ends_claim for t in self._unrecorded):
+            return True  # a submit's outcome ends a claim: write it at once
+        if self._unrecorded and (
+            len(self._unrecorded) >= FLUSH_AT
+            or now - self._unrecorded_since >= FLUSH_EVERY_S
+            or not open_
+        ):
+            return True
+        return open_ and self._free_to_claim() > 0
+
+    def _free_to_claim(self) -> int:
+        """Slots a claim may fill now: never more claims in doubt than there are slots."""
+        if not self._claiming or not self._rotation or self._stopped is not None:
+            return 0
+        if len(self._to_submit) >= max(1, self._slots // 4):
+            return 0  # enough claimed and waiting for a slot
+        return self._slots - self._in_doubt
+
+    def _quotas(self) -> list[tuple[str, int]]:
+        """How many tasks to claim from which batch: free slots, dealt out in turn."""
+        free = self._free_to_claim()
+        if free <= 0:
+            return []
+        batches = min(len(self._rotation), free)
+        share, extra = divmod(free, batches)
+        quotas = []
+        for i in range(batches):
+            quotas.append((self._rotation[0], share + (1 if i < extra else 0)))
+            self._rotation.rotate(-1)
+        return quotas
+
+    async def _synchronise(self, *, claim: bool, rescan: bool) -> None:
+        """One transaction: write what was decided, claim what free slots can take; and,
+        every few seconds or when the engine runs dry, read the scope again."""
+        transitions, self._unrecorded = self._unrecorded, []
+        quotas = self._quotas() if claim else []
+        self._in_doubt += sum(n for _, n in quotas)  # held until we know how many we got
+        before_rescan = set(self._at_api) if rescan else set()
+        try:
+            known = before_rescan if rescan else None
+            if self._inline_db:
+                claimed, seen = self._transact(transitions, quotas, known)
+            else:
+                claimed, seen = await asyncio.to_thread(self._transact, transitions, quotas, known)
+        finally:
+            self._in_doubt -= sum(n for _, n in quotas)
+        self._in_doubt -= sum(1 for t in transitions if t.ends_claim)
+        self._in_doubt += len(claimed)
+        self._to_submit.extend(claimed)
+        got: dict[str, int] = {}
+        for task in claimed:
+            got[task.batch_job_id] = got.get(task.batch_job_id, 0) + 1
+        for batch_id, asked in quotas:
+            if got.get(batch_id, 0) < asked and batch_id in self._rotation:
+                self._rotation.remove(batch_id)  # nothing more to claim there for now
+        if seen is not None:
+            self._apply_rescan(seen, before_rescan)
+        self._wake.set()
+
+    def _transact(
+        self,
+        transitions: Sequence[Transition],
+        quotas: Sequence[tuple[str, int]],
+        known: set[str] | None,
+    ) -> tuple[list[ClaimedTask], Rescan | None]:
+        """In a worker thread: touches nothing the event loop changes (``known`` is a copy)."""
+        now = utc_now()
+        claimed: list[ClaimedTask] = []
+        if transitions or quotas:
+            with self.db.begin() as conn:
+                if transitions:
+                    written = apply_transitions(
+                        conn, transitions, runner_id=self.heartbeat.runner_id, now=now
+                    )
+                    self.report.stale_writes += len(transitions) - written
+                if quotas:
+                    claimed = claim_waiting_tasks(
+                        conn,
+                        self.heartbeat.runner_id,
+                        quotas,
+                        lease_s=self.settings.claim_lease_s,
+                        now=now,
+                    )
+        if known is None:
+            return claimed, None
+        seen = self._read_scope(known)
+        if self.settles:
+            self._settle_finished(seen)
+        return claimed, seen
+
+    def _settle_finished(self, seen: Rescan) -> None:
+        """Settle every batch in scope whose tasks are all final (callbacks may have finished
+        them without any poll of ours)."""
+        for batch_id in seen.batches:
+            if seen.unfinished.get(batch_id):
+                continue
+            settlement = settle_batch(self.db, batch_id)
+            if settlement.settled and settlement.entries_written:
+                self.report.settled.append(settlement)
+
+    def _read_scope(self, known: set[str]) -> Rescan:
+        with reading(self.db) as conn:
+            batches = self.scope.batch_ids(conn)
+            waiting = (
+                waiting_per_batch(conn, batches, self.settings.claim_lease_s, utc_now())
+                if batches
+                else {}
+            )
+        queued = [b for b, (_, n) in waiting.items() if n]
+        if queued:
+            with self.db.begin() as conn:
+                take_queued_as_pending(conn, queued, utc_now())
+        with reading(self.db) as conn:
+            unfinished = unfinished_per_batch(conn, batches) if batches else {}
+            ids = ids_at_api(conn, batches) if batches else set()
+            unknown = ids - known
+            new = tasks_at_api(conn, unknown) if unknown else []
+        pending = {b: p + q for b, (p, q) in waiting.items()}
+        return Rescan(batches, pending, unfinished, ids, new)
+
+    def _apply_rescan(self, seen: Rescan, known_before: set[str]) -> None:
+        self.last_scan = seen
+        self._batches = list(seen.batches)
+        in_scope = set(seen.batches)
+        for batch_id in list(self._rotation):
+            if batch_id not in in_scope:
+                self._rotation.remove(batch_id)
+        for batch_id in seen.batches:
+            if seen.waiting.get(batch_id):
+                self._want(batch_id)
+        for task_id in known_before - seen.ids_at_api:
+            self._forget(task_id)  # moved on elsewhere: a callback, another runner
+        now = time.monotonic()
+        interval = self.settings.poll_interval_s
+        decided_since = {t.task_id for t in self._unrecorded}
+        for task in seen.new_at_api:
+            if task.state.id in self._at_api or task.state.id in decided_since:
+                continue  # known, or answered while the database was being read
+            submitted = task.state.submitted_at
+            waited = (utc_now() - submitted).total_seconds() if submitted else interval
+            self._schedule(task, max(0.0, interval - waited))
+        self.report.unfinished = sum(seen.unfinished.values())
+        self.report.waiting_claimable = sum(seen.waiting.values()) if self._claiming else 0
+        self._rescanned_clean = not self._unrecorded and not self._in_flight
+        self._next_rescan = now + RESCAN_EVERY_S
+
+
+@dataclass(frozen=True)
+class Rescan:
+    batches: Sequence[str]
+    waiting: dict[str, int]
+    unfinished: dict[str, int]
+    ids_at_api: set[str]
+    new_at_api: list[RemoteTask]

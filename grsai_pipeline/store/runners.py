@@ -1,0 +1,115 @@
+"""Runners: who is working on the batches right now, as their heartbeats say.
+
+Every engine registers a row and renews ``heartbeat_at`` from a thread of its own while it
+works. A claim is held while its runner's heartbeat is younger than the lease
+(``GRSAI_CLAIM_LEASE_S``); after that, another runner may take the task over. A live runner
+that cannot renew its heartbeat stops sending (see :class:`Heartbeat`), so a slow submit of a
+live runner is never taken over and sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+from types import TracebackType
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.schema import pipeline_runners
+
+log = logging.getLogger(__name__)
+
+# Rows of runners gone for this long are deleted when a runner starts.
+FORGET_AFTER = timedelta(days=1)
+
+
+def batches_with_live_runners(conn: Connection, lease_s: float) -> set[str]:
+    """The batches a live per-batch runner is working on."""
+    r = pipeline_runners.c
+    query = sa.select(r.batch_job_id).where(
+        r.batch_job_id.is_not(None), r.heartbeat_at >= utc_now() - timedelta(seconds=lease_s)
+    )
+    return {str(b) for b in conn.scalars(query)}
+
+
+class Heartbeat:
+    """A runner's row and the thread that renews it; ``with Heartbeat(...) as beat:``.
+
+    ``beat.fresh`` is False once the last renewal is older than half the lease: the runner must
+    then stop sending, because its claims may soon be taken over.
+    """
+
+    def __init__(
+        self, engine: Engine, runner_id: str, lease_s: float, batch_id: str | None = None
+    ) -> None:
+        self.engine = engine
+        self.runner_id = runner_id
+        self.lease_s = lease_s
+        self.batch_id = batch_id
+        self.every_s = max(0.05, lease_s / 6)
+        self._renewed = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew_until_stopped, name=f"heartbeat-{runner_id[:8]}", daemon=True
+        )
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() - self._renewed < self.lease_s / 2
+
+    def __enter__(self) -> Heartbeat:
+        now = utc_now()
+        r = pipeline_runners.c
+        with self.engine.begin() as conn:
+            conn.execute(pipeline_runners.delete().where(r.heartbeat_at < now - FORGET_AFTER))
+            conn.execute(pipeline_runners.delete().where(r.runner_id == self.runner_id))
+            conn.execute(
+                pipeline_runners.insert().values(
+                    runner_id=self.runner_id,
+                    batch_job_id=self.batch_id,
+                    started_at=now,
+                    heartbeat_at=now,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+            )
+        self._renewed = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    pipeline_runners.delete().where(pipeline_runners.c.runner_id == self.runner_id)
+                )
+        except SQLAlchemyError as error:  # the row then simply goes stale
+            log.warning("could not unregister runner %s: %s", self.runner_id, error)
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        pipeline_runners.update()
+                        .where(pipeline_runners.c.runner_id == self.runner_id)
+                        .values(heartbeat_at=utc_now())
+                    )
+            except SQLAlchemyError as error:
+                log.warning("heartbeat of runner %s failed: %s", self.runner_id, error)
+                continue
+            self._renewed = time.monotonic()

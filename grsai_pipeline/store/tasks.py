@@ -1,0 +1,343 @@
+"""Task rows as the engine sees them: claiming waiting tasks, reading what is at the API, and
+the one writer that applies the lifecycle's transitions.
+
+A claim marks a task as "being submitted by runner R". Only tasks with no claim, or with the
+claim of a runner whose heartbeat went stale (:mod:`grsai_pipeline.store.runners`), can be
+claimed; PostgreSQL skips rows another runner has locked (``FOR UPDATE SKIP LOCKED``) and
+SQLite serialises writers with ``BEGIN IMMEDIATE``. A claim ends when its runner records the
+submit's outcome.
+
+:func:`apply_transitions` is the only code that writes a task's state after an event. Each
+write carries the guard its transition names (status, remote task, claim), so a late answer,
+an overlapping runner or a repeated callback leaves a task it no longer applies to alone.
+Transitions of one shape are written with one statement (executemany).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from grsai_pipeline.domain.lifecycle import TaskState, Transition
+from grsai_pipeline.domain.states import (
+    QUEUED,
+    UNFINISHED_STATUSES,
+    BatchStatus,
+    TaskStatus,
+)
+from grsai_pipeline.domain.tasks import (
+    SORA_MODELS,
+    TASK_FIELDS,
+    InvalidTask,
+    TaskSpec,
+    validate_task,
+)
+from grsai_pipeline.store.columns import UtcDateTime
+from grsai_pipeline.store.db import is_postgres
+from grsai_pipeline.store.schema import batch_jobs, pipeline_runners, video_tasks
+
+t = video_tasks.c
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task this runner may submit now; ``spec`` is None when the stored row is invalid."""
+
+    state: TaskState
+    batch_job_id: str
+    spec: TaskSpec | None
+    invalid_reason: str | None
+    # Taken over from a runner that died: its submit may have gone out already.
+    reclaimed: bool = False
+
+
+@dataclass(frozen=True)
+class RemoteTask:
+    """A task at the API, with what the lifecycle needs to judge an answer about it."""
+
+    state: TaskState
+    batch_job_id: str
+    is_sora: bool
+
+
+_STATE_COLUMNS = (
+    t.id, t.status, t.attempts, t.grsai_task_id, t.submitted_at, t.not_found_since, t.progress
+)  # fmt: skip
+
+
+def _state(row: Any) -> TaskState:
+    return TaskState(
+        id=row.id,
+        status=row.status,
+        attempts=row.attempts,
+        grsai_task_id=row.grsai_task_id,
+        submitted_at=row.submitted_at,
+        not_found_since=row.not_found_since,
+        progress=row.progress,
+    )
+
+
+# Statements of the hot path are built once: building one costs more than running it.
+_CLAIMABLE = (
+    sa.select(*_STATE_COLUMNS, t.batch_job_id, t.claimed_by, *map(t.get, TASK_FIELDS))
+    .where(
+        t.batch_job_id == sa.bindparam("batch_id"),
+        t.status == TaskStatus.PENDING.value,
+        sa.or_(
+            t.claimed_by.is_(None),
+            t.claimed_by.not_in(
+                sa.select(pipeline_runners.c.runner_id).where(
+                    pipeline_runners.c.heartbeat_at
+                    >= sa.bindparam("live_after", type_=UtcDateTime())
+                )
+            ),
+        ),
+    )
+    .order_by(t.batch_index)
+    .limit(sa.bindparam("quota", type_=sa.Integer()))
+    # NO KEY UPDATE: the ledger's foreign-key checks on these rows need not wait for us.
+    .with_for_update(skip_locked=True, key_share=True)
+)
+_TAKE = (
+    video_tasks.update()
+    .where(t.id == sa.bindparam("w_id"))
+    .values(
+        claimed_by=sa.bindparam("v_runner"),
+        claimed_at=sa.bindparam("v_now", type_=UtcDateTime()),
+        updated_at=sa.bindparam("v_now", type_=UtcDateTime()),
+        possible_duplicates=t.possible_duplicates + sa.bindparam("v_reclaimed"),
+    )
+)
+_START_BATCH = (
+    batch_jobs.update()
+    .where(batch_jobs.c.id == sa.bindparam("w_batch"), batch_jobs.c.status == "pending")
+    .values(
+        status=BatchStatus.RUNNING.value,
+        updated_at=sa.bindparam("v_now", type_=UtcDateTime()),
+    )
+)
+
+
+def claim_waiting_tasks(
+    conn: Connection,
+    runner_id: str,
+    quotas: Sequence[tuple[str, int]],
+    *,
+    lease_s: float,
+    now: datetime,
+) -> list[ClaimedTask]:
+    """Claim up to ``n`` pending tasks of each ``(batch, n)``, lowest ``batch_index`` first.
+
+    The caller decides the quotas (that is where fairness between batches lives). A task whose
+    claim belongs to a runner without a heartbeat for ``lease_s`` is taken over.
+    """
+    live_after = now - timedelta(seconds=lease_s)
+    rows: list[Any] = []
+    for batch_id, quota in quotas:
+        if quota > 0:
+            rows += conn.execute(
+                _CLAIMABLE, {"batch_id": batch_id, "live_after": live_after, "quota": quota}
+            ).all()
+    if not rows:
+        return []
+    conn.execute(
+        _TAKE,
+        [
+            {
+                "w_id": row.id,
+                "v_runner": runner_id,
+                "v_now": now,
+                "v_reclaimed": int(row.claimed_by is not None),
+            }
+            for row in rows
+        ],
+    )
+    started = sorted({row.batch_job_id for row in rows})
+    conn.execute(_START_BATCH, [{"w_batch": b, "v_now": now} for b in started])
+    return [_claimed(row) for row in rows]
+
+
+def take_queued_as_pending(conn: Connection, batch_ids: Sequence[str], now: datetime) -> int:
+    """Rows another writer stored as ``queued`` are pending (SPEC 1); returns how many."""
+    result = conn.execute(
+        video_tasks.update()
+        .where(t.batch_job_id.in_(batch_ids), t.status == QUEUED)
+        .values(status=TaskStatus.PENDING.value, updated_at=now)
+    )
+    return max(0, result.rowcount)
+
+
+def _claimed(row: Any) -> ClaimedTask:
+    try:
+        stored = {name: getattr(row, name) for name in TASK_FIELDS}
+        spec, reason = validate_task(stored, allow_unknown_fields=True), None
+    except InvalidTask as exc:
+        spec, reason = None, str(exc)
+    return ClaimedTask(_state(row), row.batch_job_id, spec, reason, row.claimed_by is not None)
+
+
+def apply_transitions(
+    conn: Connection, transitions: Sequence[Transition], *, runner_id: str | None, now: datetime
+) -> int:
+    """Write the transitions in the caller's transaction; returns how many rows changed.
+
+    Rows whose guard no longer holds are left as they are (and not counted).
+    """
+    if is_postgres(conn) and transitions:
+        # Lock the rows in one order (by id) before writing them in groups: two runners writing
+        # the same tasks in the order their answers came would deadlock (issue 10's flaky test).
+        ids = sorted({tr.task_id for tr in transitions})
+        conn.execute(
+            sa.select(t.id).where(t.id.in_(ids)).order_by(t.id).with_for_update(key_share=True)
+        ).all()
+    written = 0
+    for wave in _waves(transitions):
+        shapes: dict[tuple[Any, ...], list[Transition]] = defaultdict(list)
+        for transition in wave:
+            shape = (
+                tuple(sorted(transition.change)),
+                transition.when_status,
+                transition.when_remote_id is not None,
+                transition.ends_claim,
+                transition.possible_duplicates > 0,
+            )
+            shapes[shape].append(transition)
+        for (columns, statuses, by_remote, ends_claim, duplicates), group in shapes.items():
+            statement = _guarded_update(columns, statuses, by_remote, ends_claim, duplicates)
+            params = [_params_of(tr, runner_id, now) for tr in group]
+            result = conn.execute(statement, params[0] if len(params) == 1 else params)
+            written += max(0, result.rowcount)
+    return written
+
+
+def _waves(transitions: Sequence[Transition]) -> list[list[Transition]]:
+    """Split so that no task appears twice in a wave: a task's later transition (a poll
+    answer) is written after its earlier one (the submit it follows), never grouped before."""
+    waves: list[list[Transition]] = [[]]
+    seen: set[str] = set()
+    for transition in transitions:
+        if transition.task_id in seen:
+            waves.append([])
+            seen = set()
+        waves[-1].append(transition)
+        seen.add(transition.task_id)
+    return waves
+
+
+@functools.lru_cache(maxsize=256)
+def _guarded_update(
+    columns: tuple[str, ...],
+    statuses: Collection[str],
+    by_remote: bool,
+    ends_claim: bool,
+    counts_duplicates: bool,
+) -> sa.Update:
+    values: dict[str, Any] = {
+        name: sa.bindparam(f"v_{name}", type_=video_tasks.c[name].type) for name in columns
+    }
+    values["updated_at"] = sa.bindparam("v_updated_at", type_=t.updated_at.type)
+    guard = [
+        t.id == sa.bindparam("w_id"),
+        # Inline statuses (our own constants): an expanding IN cannot take part in executemany.
+        t.status.in_([sa.literal_column(f"'{_status_word(s)}'") for s in sorted(statuses)]),
+    ]
+    if by_remote:
+        guard.append(t.grsai_task_id == sa.bindparam("w_remote"))
+    if ends_claim:
+        guard.append(t.claimed_by == sa.bindparam("w_runner"))
+        values |= {"claimed_by": None, "claimed_at": None}
+    if counts_duplicates:
+        values["possible_duplicates"] = t.possible_duplicates + sa.bindparam("v_duplicates")
+    return video_tasks.update().where(*guard).values(values)
+
+
+def _status_word(status: str) -> str:
+    if not status.isalpha():
+        raise ValueError(f"not a task status: {status!r}")
+    return status
+
+
+def _params_of(transition: Transition, runner_id: str | None, now: datetime) -> dict[str, Any]:
+    params = {f"v_{name}": value for name, value in transition.change.items()}
+    params |= {"v_updated_at": now, "w_id": transition.task_id}
+    if transition.when_remote_id is not None:
+        params["w_remote"] = transition.when_remote_id
+    if transition.ends_claim:
+        params["w_runner"] = runner_id
+    if transition.possible_duplicates > 0:
+        params["v_duplicates"] = transition.possible_duplicates
+    return params
+
+
+def tasks_at_api(conn: Connection, task_ids: Collection[str]) -> list[RemoteTask]:
+    """These tasks, those of them still waiting on the API (``processing``)."""
+    found = []
+    ids = sorted(task_ids)
+    for start in range(0, len(ids), 500):
+        query = sa.select(*_STATE_COLUMNS, t.batch_job_id, t.model).where(
+            t.id.in_(ids[start : start + 500]),
+            t.status == TaskStatus.PROCESSING.value,
+            t.grsai_task_id.is_not(None),
+        )
+        found += [_remote(row) for row in conn.execute(query)]
+    return found
+
+
+def _remote(row: Any) -> RemoteTask:
+    return RemoteTask(_state(row), row.batch_job_id, row.model in SORA_MODELS)
+
+
+def task_for_callback(conn: Connection, task_id: str) -> RemoteTask | None:
+    """One task as a callback about it needs it; None when there is no such task."""
+    row = conn.execute(
+        sa.select(*_STATE_COLUMNS, t.batch_job_id, t.model).where(t.id == task_id)
+    ).one_or_none()
+    return None if row is None else _remote(row)
+
+
+def ids_at_api(conn: Connection, batch_ids: Sequence[str]) -> set[str]:
+    query = sa.select(t.id).where(
+        t.batch_job_id.in_(batch_ids), t.status == TaskStatus.PROCESSING.value
+    )
+    return set(conn.scalars(query))
+
+
+def waiting_per_batch(
+    conn: Connection, batch_ids: Sequence[str] | None, lease_s: float, now: datetime
+) -> dict[str, tuple[int, int]]:
+    """How many tasks wait to be submitted and may be claimed now (no claim of a live runner),
+    per batch (of all batches when None): pending, and queued by another writer."""
+    live = sa.select(pipeline_runners.c.runner_id).where(
+        pipeline_runners.c.heartbeat_at >= now - timedelta(seconds=lease_s)
+    )
+    query = sa.select(t.batch_job_id, t.status, sa.func.count()).where(
+        t.status.in_([TaskStatus.PENDING.value, QUEUED]),
+        sa.or_(t.claimed_by.is_(None), t.claimed_by.not_in(live)),
+    )
+    if batch_ids is not None:
+        query = query.where(t.batch_job_id.in_(batch_ids))
+    waiting: dict[str, tuple[int, int]] = {}
+    for batch_id, status, count in conn.execute(query.group_by(t.batch_job_id, t.status)):
+        pending, queued = waiting.get(batch_id, (0, 0))
+        if status == QUEUED:
+            waiting[batch_id] = (pending, queued + int(count))
+        else:
+            waiting[batch_id] = (pending + int(count), queued)
+    return waiting
+
+
+def unfinished_per_batch(conn: Connection, batch_ids: Sequence[str] | None) -> dict[str, int]:
+    """How many tasks are not final yet, per batch (of all batches when None)."""
+    query = sa.select(t.batch_job_id, sa.func.count()).where(
+        t.status.in_(sorted(UNFINISHED_STATUSES))
+    )
+    if batch_ids is not None:
+        query = query.where(t.batch_job_id.in_(batch_ids))
+    return {b: int(n) for b, n in conn.execute(query.group_by(t.batch_job_id))}

@@ -1,0 +1,129 @@
+"""The re-polling run: one run follows many open batches and reports each as its own partition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from grsai_pipeline.config import load_settings
+from grsai_pipeline.definitions import defs
+from grsai_pipeline.engine.work import submit_batch
+from grsai_pipeline.grsai.simulator import SimulatorServer
+from grsai_pipeline.store.db import get_engine
+from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def repoll(instance: dg.DagsterInstance, budget_s: float = 20) -> dg.ExecuteInProcessResult:
+    config = {"ops": {"repoll_open_batches_op": {"config": {"budget_s": budget_s}}}}
+    return defs.resolve_job_def("repoll_open_batches").execute_in_process(
+        run_config=config | QUIET, instance=instance, raise_on_error=False
+    )
+
+
+def partition_events(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dict[str, Any]]:
+    """Metadata of the last materialization of each (asset, partition) in the run."""
+    found = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
+        key = (materialization.asset_key.to_user_string(), materialization.partition)
+        found[key] = {k: v.value for k, v in materialization.metadata.items()}
+    return found
+
+
+def test_one_run_settles_every_open_batch_and_reports_each_partition(
+    pipeline_env: dict[str, str], engine: Any, simulator: SimulatorServer, instance: Any
+) -> None:
+    users = ["ana", "ben", "cho"]
+    batches = [
+        new_batch(engine, [{"prompt": f"{u} {i}", "model": "veo-flash"} for i in range(3)], user=u)
+        for u in users
+    ]
+    batches.append(
+        new_batch(engine, [{"prompt": "flagged [sim:input_moderation]", "model": "sora-2"}])
+    )
+    # Two batches already at the API (their own runs ended early), two never submitted.
+    settings = load_settings()
+    for batch_id in batches[:2]:
+        submit_batch(get_engine(settings.database_url), settings, "earlier-run", batch_id)
+
+    result = repoll(instance)
+
+    assert result.success
+    events = partition_events(result)
+    for batch_id in batches:
+        assert rows(engine, "SELECT status FROM batch_jobs WHERE id = :b", b=batch_id) == [
+            {"status": "settled"}
+        ]
+        polled = events[("polled_results", batch_id)]
+        settled = events[("settled_ledger", batch_id)]
+        assert polled["tasks_pending"] == polled["tasks_processing"] == 0
+        assert (
+            settled["credits_reserved"] == settled["credits_charged"] + settled["credits_refunded"]
+        )
+    assert events[("settled_ledger", batches[0])]["credits_charged"] == 3 * 20
+    assert events[("settled_ledger", batches[3])]["credits_refunded"] == 10
+    assert ledger_kinds(engine, batches[3]) == {"reserve": 1, "refund": 1}
+    checks = {(e.check_name, e.partition): e.passed for e in result.get_asset_check_evaluations()}
+    for batch_id in batches:
+        assert checks[("ledger_balances", batch_id)] is True
+        assert checks[("succeeded_tasks_have_video_url", batch_id)] is True
+    assert set(instance.get_dynamic_partitions("batches")) == set(batches)
+    # The UI's partition page reads the same records.
+    record = instance.get_latest_materialization_event(dg.AssetKey("settled_ledger"))
+    assert record is not None and record.dagster_event.partition in batches
+    assert_ledger_invariants(engine)
+
+
+def test_a_batch_with_a_live_run_of_its_own_is_left_to_it(
+    pipeline_env: dict[str, str], engine: Any, simulator: SimulatorServer, instance: Any
+) -> None:
+    mine = new_batch(engine, [{"prompt": "mine", "model": "sora-2"}])
+    theirs = new_batch(engine, [{"prompt": "theirs", "model": "sora-2"}])
+    job = defs.resolve_job_def("batch_pipeline")
+    run = instance.create_run_for_job(job, tags={"dagster/partition": theirs})
+    instance.handle_run_event(
+        run.run_id,
+        dg.DagsterEvent(
+            event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name, message="x"
+        ),
+    )
+
+    result = repoll(instance, budget_s=5)
+
+    assert result.success
+    touched = {partition for _, partition in partition_events(result)}
+    assert touched == {mine}
+    assert "theirs" not in simulator.simulator.stats()["submits_by_prompt"]
+    assert rows(engine, "SELECT status FROM video_tasks WHERE batch_job_id = :b", b=theirs) == [
+        {"status": "pending"}
+    ]
+
+
+@pytest.mark.parametrize("key", [None, "sk-wrong"])
+def test_a_bad_key_fails_the_run_and_no_task(
+    pipeline_env: dict[str, str],
+    engine: Any,
+    simulator: SimulatorServer,
+    instance: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str | None,
+) -> None:
+    batch_id = new_batch(engine, [{"prompt": "a", "model": "sora-2"}])
+    if key is None:
+        monkeypatch.delenv("GRSAI_API_KEY")
+    else:
+        monkeypatch.setenv("GRSAI_API_KEY", key)
+
+    result = repoll(instance, budget_s=5)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    description = failure.step_failure_data.user_failure_data.description  # type: ignore[union-attr]
+    assert "GRSAI_API_KEY" in description
+    assert rows(engine, "SELECT status FROM video_tasks WHERE batch_job_id = :b", b=batch_id) == [
+        {"status": "pending"}
+    ]
