@@ -1,11 +1,17 @@
 """The four partitioned assets of a batch: pending_tasks -> submitted_tasks -> polled_results
--> settled_ledger. State lives in the application database, so each asset always materializes
-with metadata (never a value through an IO manager), and each calls one function of the core.
+-> settled_ledger, materialized by one step.
+
+One step, not four: submits and polls share one engine (the first answers are polled while
+later tasks are still being submitted), and a Dagster step costs a second of events and
+bookkeeping on these machines (issue 9's profile of `grsai-pipeline run`). Each asset still
+materializes on its own, as soon as its part is done, with metadata a person reads at a
+glance; state lives in the application database, never in an IO manager.
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
-from collections.abc import Callable
-from typing import Any, TypeVar
+import math
+from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -13,7 +19,8 @@ from grsai_pipeline.config import SettingsError
 from grsai_pipeline.defs.metadata import batch_metadata, engine_metadata
 from grsai_pipeline.defs.partitions import batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.engine.work import follow_batch, submit_batch
+from grsai_pipeline.engine.loop import Until
+from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.grsai.errors import RunStopped
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
 from grsai_pipeline.store.batches import get_batch
@@ -23,24 +30,47 @@ from grsai_pipeline.store.settlement import settle_batch
 
 GROUP = "batch_pipeline"
 API_POOL = "grsai_api"
-T = TypeVar("T")
+BATCH_STEP = "batch_lifecycle"
 
-LEDGER_CHECK = dg.AssetCheckSpec("ledger_balances", asset="settled_ledger")
-VIDEO_CHECK = dg.AssetCheckSpec("succeeded_tasks_have_video_url", asset="polled_results")
+PENDING = dg.AssetSpec(
+    "pending_tasks",
+    group_name=GROUP,
+    kinds={"sql"},
+    description="The batch's tasks waiting for the API. On a re-run or backfill of a settled "
+    "batch, its retryable failures are reserved again (a new reservation each) and wait too.",
+)
+SUBMITTED = dg.AssetSpec(
+    "submitted_tasks",
+    deps=[PENDING],
+    group_name=GROUP,
+    kinds={"api"},
+    description="Every waiting task submitted to the Grsai API, at most GRSAI_MAX_CONCURRENCY "
+    "requests at once (the first answers are polled meanwhile).",
+)
+POLLED = dg.AssetSpec(
+    "polled_results",
+    deps=[SUBMITTED],
+    group_name=GROUP,
+    kinds={"api"},
+    description="Remote tasks followed until final or until the poll budget is spent "
+    "(GRSAI_POLL_BUDGET_S); failed generations are resubmitted while attempts remain.",
+)
+SETTLED = dg.AssetSpec(
+    "settled_ledger",
+    deps=[POLLED],
+    group_name=GROUP,
+    kinds={"sql"},
+    description="Credits settled: one charge per succeeded task, one refund per failed "
+    "reservation. While tasks are unfinished it writes nothing and says it is waiting.",
+)
+VIDEO_CHECK = dg.AssetCheckSpec("succeeded_tasks_have_video_url", asset=POLLED.key)
+LEDGER_CHECK = dg.AssetCheckSpec("ledger_balances", asset=SETTLED.key)
 
 
 class FollowConfig(dg.Config):
     """``budget_s`` caps in-run polling; unset means ``GRSAI_POLL_BUDGET_S``."""
 
     budget_s: float | None = None
-
-
-def _stopping_the_run(work: Callable[[], T]) -> T:
-    """Run API work; a stopped run (bad key, no upstream credits, no key) fails, no retries."""
-    try:
-        return work()
-    except (RunStopped, SettingsError) as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
 def _batch_id(context: dg.AssetExecutionContext, app_db: AppDatabase) -> str:
@@ -58,96 +88,74 @@ def _view_metadata(app_db: AppDatabase, batch_id: str) -> dict[str, Any]:
     return batch_metadata(get_batch(app_db.engine(), batch_id, task_limit=20))
 
 
-@dg.asset(partitions_def=batches, group_name=GROUP, kinds={"sql"})
-def pending_tasks(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
-    """The batch's tasks waiting for the API. On a re-run or backfill of a settled batch, its
-    retryable failures are reserved again (a new reservation each) and wait with them."""
+@dg.multi_asset(
+    name=BATCH_STEP,
+    specs=[PENDING, SUBMITTED, POLLED, SETTLED],
+    check_specs=[VIDEO_CHECK, LEDGER_CHECK],
+    partitions_def=batches,
+    pool=API_POOL,
+)
+def batch_lifecycle(
+    context: dg.AssetExecutionContext, config: FollowConfig, app_db: AppDatabase, grsai: GrsaiApi
+) -> Iterator[dg.MaterializeResult]:
+    """One batch from its waiting tasks to its settled credits."""
     batch_id = _batch_id(context, app_db)
-    retry = retry_failed_tasks(app_db.engine(), batch_id)
+    db = app_db.engine()
+    retry = retry_failed_tasks(db, batch_id)
     if retry.retried or retry.short_of_credits:
         context.log.info(
             f"retrying {retry.retried} failed task(s) for {retry.retry_credits} credits; "
             f"{retry.short_of_credits} not retried for lack of credits"
         )
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
+        asset_key=PENDING.key,
         metadata={
             **_view_metadata(app_db, batch_id),
             "retries_started": retry.retried,
             "retries_short_of_credits": retry.short_of_credits,
-        }
+        },
     )
 
-
-@dg.asset(
-    partitions_def=batches, group_name=GROUP, deps=[pending_tasks], pool=API_POOL, kinds={"api"}
-)
-def submitted_tasks(
-    context: dg.AssetExecutionContext, app_db: AppDatabase, grsai: GrsaiApi
-) -> dg.MaterializeResult:
-    """Every waiting task submitted to the Grsai API, at most GRSAI_MAX_CONCURRENCY requests at
-    once (polling the first answers meanwhile)."""
-    batch_id = _batch_id(context, app_db)
-    settings = grsai.settings()
-    report = _stopping_the_run(
-        lambda: submit_batch(app_db.engine(), settings, context.run.run_id, batch_id)
-    )
-    context.log.info(f"submitted {report.accepted} task(s); {dict(report.outcomes())}")
-    return dg.MaterializeResult(
-        metadata={**_view_metadata(app_db, batch_id), **engine_metadata(report)}
-    )
-
-
-@dg.asset(
-    partitions_def=batches,
-    group_name=GROUP,
-    deps=[submitted_tasks],
-    pool=API_POOL,
-    kinds={"api"},
-    check_specs=[VIDEO_CHECK],
-)
-def polled_results(
-    context: dg.AssetExecutionContext, config: FollowConfig, app_db: AppDatabase, grsai: GrsaiApi
-) -> dg.MaterializeResult:
-    """Remote tasks followed until final or until the poll budget is spent."""
-    batch_id = _batch_id(context, app_db)
-    settings = grsai.settings()
-    budget = config.budget_s if config.budget_s is not None else settings.poll_budget_s
-    report = _stopping_the_run(
-        lambda: follow_batch(app_db.engine(), settings, context.run.run_id, batch_id, budget)
-    )
-    missing = succeeded_without_video(app_db.engine(), batch_id)
-    return dg.MaterializeResult(
+    try:
+        settings = grsai.settings()
+        budget = config.budget_s if config.budget_s is not None else settings.poll_budget_s
+        with batch_worker(db, settings, context.run.run_id, batch_id) as worker:
+            submitted = worker.run(Until.SUBMITTED, math.inf)
+            context.log.info(
+                f"submitted {submitted.accepted} task(s); {dict(submitted.outcomes())}"
+            )
+            yield dg.MaterializeResult(
+                asset_key=SUBMITTED.key,
+                metadata={**_view_metadata(app_db, batch_id), **engine_metadata(submitted)},
+            )
+            followed = worker.run(Until.FINAL, budget)
+    except (RunStopped, SettingsError) as exc:
+        # A bad key, no upstream credits, no key: the run stops, no task fails, no retries.
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    missing = succeeded_without_video(db, batch_id)
+    yield dg.MaterializeResult(
+        asset_key=POLLED.key,
         metadata={
             **_view_metadata(app_db, batch_id),
-            **engine_metadata(report),
-            "poll_budget_spent": report.budget_spent,
+            **engine_metadata(followed),
+            "poll_budget_spent": followed.budget_spent,
         },
         check_results=[
             dg.AssetCheckResult(
                 check_name=VIDEO_CHECK.name,
+                asset_key=POLLED.key,
                 passed=not missing,
                 metadata={"tasks_without_video": dg.MetadataValue.json(missing)},
             )
         ],
     )
 
-
-@dg.asset(
-    partitions_def=batches,
-    group_name=GROUP,
-    deps=[polled_results],
-    kinds={"sql"},
-    check_specs=[LEDGER_CHECK],
-)
-def settled_ledger(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
-    """Credits settled: one charge per succeeded task, one refund per failed reservation.
-    While tasks are unfinished it writes nothing and says it is waiting."""
-    batch_id = _batch_id(context, app_db)
-    settlement = settle_batch(app_db.engine(), batch_id)
+    settlement = settle_batch(db, batch_id)
     if settlement.unfinished:
         context.log.info(f"waiting: {settlement.unfinished} task(s) not final yet")
-    problems = ledger_problems(app_db.engine(), batch_id)
-    return dg.MaterializeResult(
+    problems = ledger_problems(db, batch_id)
+    yield dg.MaterializeResult(
+        asset_key=SETTLED.key,
         metadata={
             **_view_metadata(app_db, batch_id),
             "settlement": "settled"
@@ -158,6 +166,7 @@ def settled_ledger(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg
         check_results=[
             dg.AssetCheckResult(
                 check_name=LEDGER_CHECK.name,
+                asset_key=SETTLED.key,
                 passed=not problems,
                 metadata={"problems": dg.MetadataValue.json(problems)},
             )
@@ -165,4 +174,4 @@ def settled_ledger(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg
     )
 
 
-BATCH_ASSETS = [pending_tasks, submitted_tasks, polled_results, settled_ledger]
+BATCH_ASSETS = [batch_lifecycle]

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import dagster as dg
 from sqlalchemy.exc import IntegrityError
 
+from grsai_pipeline.defs.assets import BATCH_STEP, FollowConfig
 from grsai_pipeline.defs.jobs import batch_pipeline
 from grsai_pipeline.defs.partitions import BATCHES
 from grsai_pipeline.defs.runs import batch_run_tags
 
 # The caller reports a failed run in its own words; Dagster's console log would repeat it with
 # stack traces. The events stay in the instance for the UI.
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+QUIET_CONSOLE = {"console": {"config": {"log_level": "CRITICAL"}}}
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,10 @@ def run_batch(
     from grsai_pipeline.definitions import defs
 
     ensure_partition(instance, batch_id)
-    run_config: dict[str, object] = {
-        "ops": {"polled_results": {"config": {"budget_s": poll_budget_s}}}
-    }
-    if quiet:
-        run_config |= QUIET_CONSOLE
+    run_config = dg.RunConfig(
+        ops={BATCH_STEP: FollowConfig(budget_s=poll_budget_s)},
+        loggers=QUIET_CONSOLE if quiet else None,
+    )
     result = defs.resolve_job_def(batch_pipeline.name).execute_in_process(
         run_config=run_config,
         instance=instance,

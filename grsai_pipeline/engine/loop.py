@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 # Poll answers are written at least this often, or once this many wait.
 FLUSH_EVERY_S: Final = 0.25
 FLUSH_AT: Final = 500
+# A submit's outcome is written within this (it holds a claim until then).
+RECORD_WITHIN_S: Final = 0.02
 # How often the database is read again for work that other writers made.
 RESCAN_EVERY_S: Final = 2.0
 
@@ -125,11 +127,16 @@ class Engine:
         self._seq = itertools.count()
         # Batches that may have claimable tasks, in turn; claimed tasks not sent yet.
         self._rotation: deque[str] = deque()
+        # Batches this engine has claimed from: marked running already.
+        self._started: set[str] = set()
         self._to_submit: deque[ClaimedTask] = deque()
         # Claims not yet ended in the database: queued, on the wire, or answered unrecorded.
         self._in_doubt = 0
         self._unrecorded: list[Transition] = []
         self._unrecorded_since = 0.0
+        # Submit outcomes among them (each still holds a claim), and since when.
+        self._outcomes = 0
+        self._outcomes_since = 0.0
         self._in_flight: set[asyncio.Task[None]] = set()
         self._submits_in_flight = 0
         self._sync: asyncio.Task[None] | None = None
@@ -248,6 +255,8 @@ class Engine:
 
     async def _sleep(self, now: float, open_: bool) -> None:
         wake_at = now + FLUSH_EVERY_S
+        if self._outcomes:
+            wake_at = min(wake_at, self._outcomes_since + RECORD_WITHIN_S)
         if open_:
             wake_at = min(wake_at, self._deadline, self._next_rescan)
             if self._due and len(self._in_flight) < self._slots:
@@ -325,6 +334,10 @@ class Engine:
         if transition is not None:
             if not self._unrecorded:
                 self._unrecorded_since = time.monotonic()
+            if transition.ends_claim:
+                if not self._outcomes:
+                    self._outcomes_since = time.monotonic()
+                self._outcomes += 1
             self._unrecorded.append(transition)
             self.report.count(batch_id, transition)
         if after.status == TaskStatus.PROCESSING.value:
@@ -361,15 +374,23 @@ class Engine:
     # --- the database ---------------------------------------------------------------------
 
     def _sync_needed(self, now: float, open_: bool) -> bool:
-        if any(t.ends_claim for t in self._unrecorded):
-            return True  # a submit's outcome ends a claim: write it at once
+        """Whether to write and claim now. A transaction costs about as much as a few requests,
+        so each one carries several outcomes and claims; submit outcomes wait at most
+        ``RECORD_WITHIN_S`` (they hold claims), poll answers ``FLUSH_EVERY_S``."""
+        batch = max(1, self._slots // 8)
+        quiet = not self._in_flight or not open_
+        if self._outcomes and (
+            self._outcomes >= batch or now - self._outcomes_since >= RECORD_WITHIN_S or quiet
+        ):
+            return True
         if self._unrecorded and (
             len(self._unrecorded) >= FLUSH_AT
             or now - self._unrecorded_since >= FLUSH_EVERY_S
-            or not open_
+            or quiet
         ):
             return True
-        return open_ and self._free_to_claim() > 0
+        free = self._free_to_claim() if open_ else 0
+        return free >= batch or (free > 0 and not self._to_submit and len(self._in_flight) < batch)
 
     def _free_to_claim(self) -> int:
         """Slots a claim may fill now: never more claims in doubt than there are slots."""
@@ -396,6 +417,7 @@ class Engine:
         """One transaction: write what was decided, claim what free slots can take; and,
         every few seconds or when the engine runs dry, read the scope again."""
         transitions, self._unrecorded = self._unrecorded, []
+        self._outcomes = 0
         quotas = self._quotas() if claim else []
         self._in_doubt += sum(n for _, n in quotas)  # held until we know how many we got
         before_rescan = set(self._at_api) if rescan else set()
@@ -443,7 +465,9 @@ class Engine:
                         quotas,
                         lease_s=self.settings.claim_lease_s,
                         now=now,
+                        running=self._started,
                     )
+                    self._started.update(task.batch_job_id for task in claimed)
         if known is None:
             return claimed, None
         seen = self._read_scope(known)

@@ -60,16 +60,13 @@ def _webhook_maker(settings: Settings) -> Callable[[str], str]:
 
 def submit_batch(db: Database, settings: Settings, runner_id: str, batch_id: str) -> EngineReport:
     """Submit every waiting task of the batch (polling those due meanwhile)."""
-    with Worker(db, settings, runner_id, OneBatch(batch_id), batch_id) as worker:
+    with batch_worker(db, settings, runner_id, batch_id) as worker:
         return worker.run(Until.SUBMITTED, math.inf)
 
 
-def follow_batch(
-    db: Database, settings: Settings, runner_id: str, batch_id: str, budget_s: float
-) -> EngineReport:
-    """Poll (and resubmit) the batch's tasks until every one is final or ``budget_s`` passes."""
-    with Worker(db, settings, runner_id, OneBatch(batch_id), batch_id) as worker:
-        return worker.run(Until.FINAL, budget_s)
+def batch_worker(db: Database, settings: Settings, runner_id: str, batch_id: str) -> Worker:
+    """A worker over one batch (a run of its own): ``run`` it to submit, then to follow."""
+    return Worker(db, settings, runner_id, OneBatch(batch_id), batch_id)
 
 
 @contextmanager

@@ -208,6 +208,12 @@ class GrsaiClient:
         limit = time.monotonic() + self._retry.budget_s
         if deadline is not None:
             limit = min(limit, deadline)
+        # The first try goes without the retry machinery, whose set-up costs more CPU than a
+        # request (profile, issue 9); tenacity takes over from its failure.
+        try:
+            return await self._post_once(path, body, limit, tries)
+        except _Transient as failure:
+            first: list[_Transient] = [failure]
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
             wait=self._wait,
@@ -218,6 +224,8 @@ class GrsaiClient:
         try:
             async for attempt in retrying:
                 with attempt:
+                    if first:
+                        raise first.pop()  # the try already made: tenacity judges it
                     return await self._post_once(path, body, limit, tries)
         except _TooManyRequests:
             raise RateLimited(f"HTTP 429 on {path} until the retry deadline") from None

@@ -132,8 +132,10 @@ def claim_waiting_tasks(
     *,
     lease_s: float,
     now: datetime,
+    running: Collection[str] = (),
 ) -> list[ClaimedTask]:
-    """Claim up to ``n`` pending tasks of each ``(batch, n)``, lowest ``batch_index`` first.
+    """Claim up to ``n`` pending tasks of each ``(batch, n)``, lowest ``batch_index`` first,
+    and mark their batches ``running`` (but those the caller knows are: ``running``).
 
     The caller decides the quotas (that is where fairness between batches lives). A task whose
     claim belongs to a runner without a heartbeat for ``lease_s`` is taken over.
@@ -159,8 +161,9 @@ def claim_waiting_tasks(
             for row in rows
         ],
     )
-    started = sorted({row.batch_job_id for row in rows})
-    conn.execute(_START_BATCH, [{"w_batch": b, "v_now": now} for b in started])
+    started = sorted({row.batch_job_id for row in rows} - set(running))
+    if started:
+        conn.execute(_START_BATCH, [{"w_batch": b, "v_now": now} for b in started])
     return [_claimed(row) for row in rows]
 
 

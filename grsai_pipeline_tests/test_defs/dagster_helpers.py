@@ -17,7 +17,7 @@ def run_batch(
     """One run of ``batch_pipeline`` for the batch's partition (added if missing)."""
     if not instance.has_dynamic_partition("batches", batch_id):
         instance.add_dynamic_partitions("batches", [batch_id])
-    config: dict[str, Any] = {"ops": {"polled_results": {"config": {"budget_s": budget_s}}}}
+    config: dict[str, Any] = {"ops": {"batch_lifecycle": {"config": {"budget_s": budget_s}}}}
     return defs.resolve_job_def("batch_pipeline").execute_in_process(
         run_config=config | QUIET,
         instance=instance,
