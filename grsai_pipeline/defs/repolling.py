@@ -3,18 +3,25 @@
 Started by ``repoll_processing_schedule`` (at most one at a time). Its op polls every
 unfinished task of those batches through one client in one event loop, resubmits what may be
 retried, settles each batch whose tasks are all final, and reports each batch it touched as
-that batch's own materialization of ``polled_results`` (and ``settled_ledger`` when it
-settles), with the asset checks' results, so the batch's partition page keeps its history.
+that batch's own materialization of ``polled_results`` (and ``settled_ledger`` when it settles
+it), with the asset checks' results, so the batch's partition page keeps its history.
+
+The engine works in a thread of its own while the op writes those events: an event costs
+milliseconds on PostgreSQL and about 18 ms on a local SQLite instance (measured), and a
+thousand batches must not stop the polling for the time it takes to report them.
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
+import queue
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import dagster as dg
 
 from grsai_pipeline.config import SettingsError
-from grsai_pipeline.defs.assets import API_POOL, LEDGER_CHECK, VIDEO_CHECK
+from grsai_pipeline.defs.assets import API_POOL, LEDGER_CHECK, POLLED, SETTLED, VIDEO_CHECK
 from grsai_pipeline.defs.metadata import batch_metadata
 from grsai_pipeline.defs.partitions import BATCHES
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
@@ -23,13 +30,14 @@ from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.work import open_batches_worker
 from grsai_pipeline.grsai.errors import RunStopped
-from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
-from grsai_pipeline.store.batches import get_batch
+from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video_in
+from grsai_pipeline.store.batches import read_batches
+from grsai_pipeline.store.db import reading
 
 # How long one re-polling run works; the schedule starts the next one each minute.
 DEFAULT_BUDGET_S = 45.0
-# Materializations are written between periods of this length.
-REPORT_EVERY_S = 15.0
+# The engine hands over what it did at least this often.
+REPORT_EVERY_S = 10.0
 
 
 class RepollConfig(dg.Config):
@@ -38,34 +46,65 @@ class RepollConfig(dg.Config):
     budget_s: float = DEFAULT_BUDGET_S
 
 
+@dataclass
+class _Totals:
+    polls: int = 0
+    submits: int = 0
+    possible_duplicates: int = 0
+    api_calls: int = 0
+    batches: set[str] = field(default_factory=set)
+
+    def add(self, report: EngineReport) -> None:
+        self.polls += report.polls
+        self.submits += report.submits
+        self.possible_duplicates += report.possible_duplicates
+        self.api_calls += report.api_calls
+        self.batches |= set(report.batches) | {s.batch_id for s in report.settled}
+
+
 @dg.op(pool=API_POOL, out=dg.Out(dg.Nothing))
 def repoll_open_batches_op(
     context: dg.OpExecutionContext, config: RepollConfig, app_db: AppDatabase, grsai: GrsaiApi
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output[None]]:
     """Follow every open batch that no run of its own is working on."""
-    try:
-        settings = grsai.settings()
+    settings = grsai.settings()
+    reports: queue.Queue[EngineReport | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+
+    def busy() -> set[str]:
+        return batches_with_live_runs(context.instance)
+
+    def work() -> None:
         deadline = time.monotonic() + config.budget_s
-        totals = EngineReport()
-        reported: set[str] = set()
-        with open_batches_worker(
-            app_db.engine(),
-            settings,
-            context.run.run_id,
-            lambda: batches_with_live_runs(context.instance),
-        ) as worker:
-            while True:
-                period = min(REPORT_EVERY_S, max(0.0, deadline - time.monotonic()))
-                report = worker.run(Until.FINAL, period)
-                _add(totals, report)
-                yield from _batch_events(context, app_db, report, reported)
-                if report.unfinished == 0 or time.monotonic() >= deadline:
-                    break
-    except (RunStopped, SettingsError) as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
+        try:
+            with open_batches_worker(app_db.engine(), settings, context.run.run_id, busy) as w:
+                while not stop.is_set():
+                    period = min(REPORT_EVERY_S, max(0.0, deadline - time.monotonic()))
+                    report = w.run(Until.FINAL, period)
+                    reports.put(report)
+                    if report.unfinished == 0 or time.monotonic() >= deadline:
+                        break
+        except BaseException as error:  # handed to the op's thread, which raises it
+            reports.put(error)
+        finally:
+            reports.put(None)
+
+    engine = threading.Thread(target=work, name="repoll-engine", daemon=True)
+    engine.start()
+    totals, reported = _Totals(), set[str]()
+    try:
+        while (report := reports.get()) is not None:
+            if isinstance(report, RunStopped | SettingsError):
+                raise dg.Failure(description=str(report), allow_retries=False)
+            if isinstance(report, BaseException):
+                raise report
+            totals.add(report)
+            yield from _batch_events(context, app_db, report, reported)
+    finally:
+        stop.set()
+        engine.join()
     context.log.info(
-        f"followed {len(totals.batches)} batch(es): {totals.polls} polls, "
-        f"{totals.submits} submits, {dict(totals.outcomes())}"
+        f"followed {len(totals.batches)} batch(es): {totals.polls} polls, {totals.submits} submits"
     )
     yield dg.Output(
         None,
@@ -74,22 +113,9 @@ def repoll_open_batches_op(
             "polls": totals.polls,
             "submits": totals.submits,
             "possible_duplicates": totals.possible_duplicates,
-            **totals.api_metadata(),
+            "api_calls": totals.api_calls,
         },
     )
-
-
-def _add(totals: EngineReport, report: EngineReport) -> None:
-    totals.polls += report.polls
-    totals.submits += report.submits
-    totals.possible_duplicates += report.possible_duplicates
-    totals.api_calls += report.api_calls
-    totals.api_retries += report.api_retries
-    totals.api_429s += report.api_429s
-    for batch_id, activity in report.batches.items():
-        mine = totals.batch(batch_id)
-        for name in ("accepted", "answered", "succeeded", "failed", "retried"):
-            setattr(mine, name, getattr(mine, name) + getattr(activity, name))
 
 
 def _batch_events(
@@ -98,42 +124,44 @@ def _batch_events(
     report: EngineReport,
     reported: set[str],
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """A materialization per batch whose tasks moved (or, once per run, progressed)."""
-    settled_ids = {s.batch_id for s in report.settled}
+    """A materialization per batch whose tasks moved, or that this run has not reported yet;
+    the checks' results where tasks ended."""
+    settled = {s.batch_id for s in report.settled}
+    ended = {b for b, a in report.batches.items() if a.succeeded or a.failed} | settled
     moved = {
-        batch_id
-        for batch_id, a in report.batches.items()
-        if a.accepted or a.succeeded or a.failed or a.retried or batch_id not in reported
+        b
+        for b, a in report.batches.items()
+        if a.accepted or a.succeeded or a.failed or a.retried or b not in reported
     }
-    touched = sorted(moved | settled_ids)
+    touched = sorted(moved | settled)
+    if not touched:
+        return
     _ensure_partitions(context.instance, touched)
+    with reading(app_db.engine()) as conn:
+        views = read_batches(conn, touched)
+    missing = succeeded_without_video_in(app_db.engine(), sorted(ended))
     for batch_id in touched:
         reported.add(batch_id)
-        view = get_batch(app_db.engine(), batch_id, task_limit=20)
-        metadata = {**batch_metadata(view), "repoll_run": dg.MetadataValue.text(context.run_id)}
-        yield dg.AssetMaterialization(
-            asset_key="polled_results", partition=batch_id, metadata=metadata
-        )
-        activity = report.batches.get(batch_id)
-        if not (batch_id in settled_ids or (activity and (activity.succeeded or activity.failed))):
+        metadata = {**batch_metadata(views[batch_id]), "repoll_run": context.run_id}
+        yield dg.AssetMaterialization(asset_key=POLLED.key, partition=batch_id, metadata=metadata)
+        if batch_id not in ended:
             continue  # only progress: the checks' answers cannot have changed
-        missing = succeeded_without_video(app_db.engine(), batch_id)
         yield dg.AssetCheckEvaluation(
-            asset_key=dg.AssetKey("polled_results"),
+            asset_key=POLLED.key,
             check_name=VIDEO_CHECK.name,
-            passed=not missing,
-            metadata={"tasks_without_video": dg.MetadataValue.json(missing)},
+            passed=not missing[batch_id],
+            metadata={"tasks_without_video": dg.MetadataValue.json(missing[batch_id])},
             partition=batch_id,
         )
-        if batch_id in settled_ids:
+        if batch_id in settled:
             yield dg.AssetMaterialization(
-                asset_key="settled_ledger",
+                asset_key=SETTLED.key,
                 partition=batch_id,
                 metadata={**metadata, "settlement": "settled"},
             )
             problems = ledger_problems(app_db.engine(), batch_id)
             yield dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey("settled_ledger"),
+                asset_key=SETTLED.key,
                 check_name=LEDGER_CHECK.name,
                 passed=not problems,
                 metadata={"problems": dg.MetadataValue.json(problems)},

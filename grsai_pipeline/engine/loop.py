@@ -148,6 +148,8 @@ class Engine:
         self._wake = asyncio.Event()
         self._turn = 0
         self._deadline = 0.0
+        self._winding_down = False
+        self._rescanned_clean = self._submits_clean = False
         self.last_scan: Rescan | None = None
 
     # --- the loop -------------------------------------------------------------------------
@@ -171,28 +173,37 @@ class Engine:
     async def _work(self, until: Until, budget_s: float) -> EngineReport:
         self._deadline = time.monotonic() + budget_s
         self._claiming = True
-        self._rescanned_clean = False
+        self._rescanned_clean = self._submits_clean = False
+        self._winding_down = False
         await self._synchronise(claim=False, rescan=True)
         while True:
             now = time.monotonic()
             self._collect_sync()
             open_ = now < self._deadline and self._stopped is None and self._failure is None
-            if open_:
+            # Done but for what is on the wire: start nothing new (polls would go on forever
+            # in a run that only submits), let it land, and stop.
+            if open_ and self._idle(until) and self._clean(until) and self._finished(until):
+                self._winding_down = True
+            done = open_ and self._winding_down
+            working = open_ and not done
+            if working:
                 self._dispatch(now)
             else:
                 self._release_unsent()
             if self._sync is None:
                 # Read the scope every few seconds, and at once when nothing is left to do.
-                ran_dry = self._idle(until) and not self._in_flight and not self._rescanned_clean
-                rescan = open_ and (now >= self._next_rescan or ran_dry)
-                if rescan or self._sync_needed(now, open_):
-                    self._sync = asyncio.create_task(self._synchronise(claim=open_, rescan=rescan))
+                ran_dry = self._idle(until) and self._quiet(until) and not self._clean(until)
+                rescan = working and (now >= self._next_rescan or ran_dry)
+                if rescan or self._sync_needed(now, working):
+                    self._sync = asyncio.create_task(
+                        self._synchronise(claim=working, rescan=rescan)
+                    )
             if self._sync is None and not self._in_flight:
                 if not open_ and not self._unrecorded:
                     break
-                if open_ and self._idle(until) and self._rescanned_clean and self._finished(until):
+                if done and not self._unrecorded:
                     break
-            await self._sleep(now, open_)
+            await self._sleep(now, working)
         self.report.budget_spent = time.monotonic() >= self._deadline
         if self._failure is not None:
             raise self._failure
@@ -210,6 +221,7 @@ class Engine:
                 self._start(self._poll(self._at_api[poll]))
             elif self._to_submit:
                 self._submits_in_flight += 1
+                self._submits_clean = False
                 self._start(self._submit(self._to_submit.popleft()))
             else:
                 return
@@ -241,6 +253,17 @@ class Engine:
         if self._to_submit or self._unrecorded or (self._rotation and self._claiming):
             return False
         return until is Until.SUBMITTED or not self._due_seq
+
+    def _quiet(self, until: Until) -> bool:
+        """Nothing on the wire that this kind of run waits for (a submitting run ignores
+        polls)."""
+        if until is Until.SUBMITTED:
+            return self._submits_in_flight == 0
+        return not self._in_flight
+
+    def _clean(self, until: Until) -> bool:
+        """The last read of the scope came after everything this kind of run did."""
+        return self._submits_clean if until is Until.SUBMITTED else self._rescanned_clean
 
     def _finished(self, until: Until) -> bool:
         if until is Until.SUBMITTED:
@@ -335,6 +358,7 @@ class Engine:
             if not self._unrecorded:
                 self._unrecorded_since = time.monotonic()
             if transition.ends_claim:
+                self._submits_clean = False
                 if not self._outcomes:
                     self._outcomes_since = time.monotonic()
                 self._outcomes += 1
@@ -529,6 +553,9 @@ class Engine:
         self.report.unfinished = sum(seen.unfinished.values())
         self.report.waiting_claimable = sum(seen.waiting.values()) if self._claiming else 0
         self._rescanned_clean = not self._unrecorded and not self._in_flight
+        self._submits_clean = (
+            not self._outcomes and not self._submits_in_flight and not self._to_submit
+        )
         self._next_rescan = now + RESCAN_EVERY_S
 
 

@@ -3,6 +3,8 @@ succeeded task carry its video."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -45,15 +47,23 @@ def ledger_problems(engine: Engine, batch_id: str) -> list[str]:
 
 def succeeded_without_video(engine: Engine, batch_id: str) -> list[int]:
     """``batch_index`` of every succeeded task that has no ``video_url``."""
+    return succeeded_without_video_in(engine, [batch_id])[batch_id]
+
+
+def succeeded_without_video_in(engine: Engine, batch_ids: Sequence[str]) -> dict[str, list[int]]:
+    """The same for several batches, in one query."""
     t = video_tasks.c
+    missing: dict[str, list[int]] = {b: [] for b in batch_ids}
     query = (
-        sa.select(t.batch_index)
+        sa.select(t.batch_job_id, t.batch_index)
         .where(
-            t.batch_job_id == batch_id,
+            t.batch_job_id.in_(batch_ids),
             t.status == TaskStatus.SUCCEEDED.value,
             sa.or_(t.video_url.is_(None), t.video_url == ""),
         )
-        .order_by(t.batch_index)
+        .order_by(t.batch_job_id, t.batch_index)
     )
     with reading(engine) as conn:
-        return list(conn.scalars(query))
+        for batch_id, index in conn.execute(query):
+            missing[batch_id].append(index)
+    return missing

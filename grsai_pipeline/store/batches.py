@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -204,68 +204,83 @@ def get_batch(
 def read_batch(
     conn: Connection, batch_id: str, *, with_tasks: bool = True, task_limit: int | None = None
 ) -> BatchView:
-    batch = conn.execute(sa.select(batch_jobs).where(batch_jobs.c.id == batch_id)).one_or_none()
-    if batch is None:
+    view = read_batches(conn, [batch_id]).get(batch_id)
+    if view is None:
         raise UnknownBatch(batch_id)
-    counts = dict.fromkeys(TASK_STATUSES, 0)
-    # A final task counts as 100 % done, whatever its last progress figure.
-    done = sa.case(
-        (video_tasks.c.status.in_(sorted(FINAL_STATUSES)), 100), else_=video_tasks.c.progress
-    )
-    count_query = (
+    if not with_tasks:
+        return view
+    task_query = (
         sa.select(
+            video_tasks.c.id,
+            video_tasks.c.batch_index,
             video_tasks.c.status,
-            sa.func.count(),
-            sa.func.sum(done),
-            sa.func.sum(video_tasks.c.possible_duplicates),
+            video_tasks.c.model,
+            video_tasks.c.prompt,
+            video_tasks.c.video_url,
+            video_tasks.c.error_message,
+            video_tasks.c.attempts,
+            video_tasks.c.progress,
+            video_tasks.c.price,
+            video_tasks.c.grsai_task_id,
+            video_tasks.c.possible_duplicates,
         )
         .where(video_tasks.c.batch_job_id == batch_id)
-        .group_by(video_tasks.c.status)
+        .order_by(video_tasks.c.batch_index)
+        .limit(task_limit)
     )
-    percent_sum = duplicates = 0
-    for status, count, status_percent, status_duplicates in conn.execute(count_query):
-        counts[TaskStatus.PENDING.value if status == QUEUED else status] += count
-        percent_sum += int(status_percent or 0)
-        duplicates += int(status_duplicates or 0)
-    total = sum(counts.values())
-    tasks = []
-    if with_tasks:
-        task_query = (
-            sa.select(
-                video_tasks.c.id,
-                video_tasks.c.batch_index,
-                video_tasks.c.status,
-                video_tasks.c.model,
-                video_tasks.c.prompt,
-                video_tasks.c.video_url,
-                video_tasks.c.error_message,
-                video_tasks.c.attempts,
-                video_tasks.c.progress,
-                video_tasks.c.price,
-                video_tasks.c.grsai_task_id,
-                video_tasks.c.possible_duplicates,
-            )
-            .where(video_tasks.c.batch_job_id == batch_id)
-            .order_by(video_tasks.c.batch_index)
-            .limit(task_limit)
+    return replace(view, tasks=[TaskView(**row._mapping) for row in conn.execute(task_query)])
+
+
+def read_batches(conn: Connection, batch_ids: Sequence[str]) -> dict[str, BatchView]:
+    """Several batches at once, without their tasks: two queries, however many batches."""
+    views: dict[str, BatchView] = {}
+    for start in range(0, len(batch_ids), 500):
+        chunk = list(batch_ids[start : start + 500])
+        views |= _read_chunk(conn, chunk)
+    return views
+
+
+def _read_chunk(conn: Connection, batch_ids: list[str]) -> dict[str, BatchView]:
+    t = video_tasks.c
+    # A final task counts as 100 % done, whatever its last progress figure.
+    done = sa.case((t.status.in_(sorted(FINAL_STATUSES)), 100), else_=t.progress)
+    count_query = (
+        sa.select(
+            t.batch_job_id,
+            t.status,
+            sa.func.count(),
+            sa.func.sum(done),
+            sa.func.sum(t.possible_duplicates),
         )
-        tasks = [TaskView(**row._mapping) for row in conn.execute(task_query)]
-    return BatchView(
-        batch_id=batch.id,
-        user_id=batch.user_id,
-        status=batch.status,
-        total_tasks=batch.total_tasks,
-        reserved_credits=batch.reserved_credits,
-        charged_credits=batch.charged_credits,
-        refunded_credits=batch.refunded_credits,
-        created_at=batch.created_at,
-        settled_at=batch.settled_at,
-        error_message=batch.error_message,
-        progress_percent=round(percent_sum / total, 1) if total else 100.0,
-        possible_duplicates=duplicates,
-        counts=counts,
-        tasks=tasks,
+        .where(t.batch_job_id.in_(batch_ids))
+        .group_by(t.batch_job_id, t.status)
     )
+    counts: dict[str, dict[str, int]] = {b: dict.fromkeys(TASK_STATUSES, 0) for b in batch_ids}
+    percent: dict[str, int] = dict.fromkeys(batch_ids, 0)
+    duplicates: dict[str, int] = dict.fromkeys(batch_ids, 0)
+    for batch_id, status, count, status_percent, status_duplicates in conn.execute(count_query):
+        counts[batch_id][TaskStatus.PENDING.value if status == QUEUED else status] += count
+        percent[batch_id] += int(status_percent or 0)
+        duplicates[batch_id] += int(status_duplicates or 0)
+    views = {}
+    for batch in conn.execute(sa.select(batch_jobs).where(batch_jobs.c.id.in_(batch_ids))):
+        total = sum(counts[batch.id].values())
+        views[batch.id] = BatchView(
+            batch_id=batch.id,
+            user_id=batch.user_id,
+            status=batch.status,
+            total_tasks=batch.total_tasks,
+            reserved_credits=batch.reserved_credits,
+            charged_credits=batch.charged_credits,
+            refunded_credits=batch.refunded_credits,
+            created_at=batch.created_at,
+            settled_at=batch.settled_at,
+            error_message=batch.error_message,
+            progress_percent=round(percent[batch.id] / total, 1) if total else 100.0,
+            possible_duplicates=duplicates[batch.id],
+            counts=counts[batch.id],
+        )
+    return views
 
 
 @dataclass(frozen=True)
