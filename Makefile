@@ -23,6 +23,7 @@ lint: $(BIN)/grsai-pipeline
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # SPEC 7 figures (minutes, not part of the test suite): throughput against a minimal asyncio
 # loop, and sensor/schedule ticks with 1,000 batches.

@@ -179,7 +179,7 @@ class StandIn:
 def serve_stand_in(port: int, config_json: str) -> None:
     import uvicorn
 
-    from grsai_pipeline.grsai.simulator import Simulator, SimulatorConfig
+    from grsai_pipeline.dev.simulator import Simulator, SimulatorConfig
 
     config = SimulatorConfig.model_validate(json.loads(config_json))
     # No access log: at thousands of requests a second, printing it would be the bottleneck.

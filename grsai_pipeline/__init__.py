@@ -1,8 +1,9 @@
 """grsai-pipeline: batch AI video generation through the Grsai API, orchestrated by Dagster.
 
-Layers, imports pointing down only: ``domain`` (pure rules) <- ``grsai`` (the API) and ``store``
-(the application database) <- ``steps`` (one function per pipeline step) <- ``defs`` (Dagster)
-and ``cli``.
+The core (``errors``, ``config``, ``domain``, ``grsai``, ``store``, ``engine``) knows nothing
+of Dagster, the command line or HTTP serving; the adapters (``defs`` with ``definitions``,
+``cli``, ``webhook``) call it; ``dev`` holds the simulator for demos and tests. See
+ARCHITECTURE.md; ``make lint`` checks the layers.
 """
 
 __version__ = "0.1.0"

@@ -19,13 +19,10 @@ from sqlalchemy.exc import ArgumentError
 
 from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import RetryPolicy
+from grsai_pipeline.errors import SettingsError
 
 DEFAULT_BASE_URL = "https://grsaiapi.com"
 DEFAULT_DATABASE_URL = "sqlite:///grsai.db"
-
-
-class SettingsError(ValueError):
-    """A setting is missing or invalid; the message names it and fits on one line."""
 
 
 class Settings(BaseSettings):

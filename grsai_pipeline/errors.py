@@ -9,6 +9,7 @@ HTTP status an error becomes is the adapters' business (``cli``, ``webhook``), n
     ├── InvalidInput             bad input from a person                  .field .rule
     │   └── InvalidTask          a task breaks a rule of SPEC 2           (INVALID_INPUT: ...)
     ├── StoreError               the application database refused
+    │   ├── DatabaseNotReady     missing, unreachable, or at another schema revision
     │   ├── UnknownBatch                                                  .batch_id
     │   ├── UnknownAccount                                                .user_id
     │   └── InsufficientCredits  nothing written                          .user_id .balance .needed
@@ -19,6 +20,7 @@ HTTP status an error becomes is the adapters' business (``cli``, ``webhook``), n
     │   ├── ApiUnavailable       5xx, timeouts, connection errors past the retry budget
     │   │                                                                 .uncertain_tries
     │   └── RateLimited          429 past the deadline: the task is left for later
+    ├── RunFailed                a Dagster run of a batch failed or did not settle in time
     └── CallbackRefused          a webHook callback that changes nothing  .status .reason
 """
 
@@ -62,6 +64,10 @@ class InvalidTask(InvalidInput):
 
 class StoreError(GrsaiPipelineError):
     """The application database refused what was asked."""
+
+
+class DatabaseNotReady(StoreError):
+    """The application database is missing, unreachable, or needs ``grsai-pipeline db init``."""
 
 
 class UnknownBatch(StoreError):
@@ -134,6 +140,10 @@ class ApiUnavailable(GrsaiError):
 
 class RateLimited(GrsaiError):
     """429 answers until the deadline; the request was not accepted."""
+
+
+class RunFailed(GrsaiPipelineError):
+    """A run of a batch through Dagster failed, or did not settle it in time."""
 
 
 class CallbackRefused(GrsaiPipelineError):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
 from grsai_pipeline.store import db as store_db
 from grsai_pipeline.store.migrate import upgrade_schema
 

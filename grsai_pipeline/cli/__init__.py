@@ -16,10 +16,11 @@ from grsai_pipeline.cli.batches import batch
 from grsai_pipeline.cli.credits import credits
 from grsai_pipeline.cli.database import db
 from grsai_pipeline.cli.demo import demo
-from grsai_pipeline.cli.errors import one_line
+from grsai_pipeline.cli.exits import FAILURE, SUCCESS, exit_code, one_line
 from grsai_pipeline.cli.run import run
 from grsai_pipeline.cli.simulator import simulator
 from grsai_pipeline.cli.webhook import webhook
+from grsai_pipeline.errors import GrsaiPipelineError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,11 +56,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         _exit(exc.exit_code)
     except click.Abort:
         click.echo("grsai-pipeline: aborted", err=True)
-        _exit(1)
+        _exit(FAILURE)
+    except GrsaiPipelineError as exc:
+        click.echo(f"grsai-pipeline: error: {one_line(str(exc))}", err=True)
+        _exit(exit_code(exc))
     except Exception as exc:
         click.echo(f"grsai-pipeline: error: {type(exc).__name__}: {one_line(str(exc))}", err=True)
-        _exit(1)
-    _exit(code if isinstance(code, int) else 0)
+        _exit(FAILURE)
+    _exit(code if isinstance(code, int) else SUCCESS)
 
 
 def _exit(code: int) -> NoReturn:

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from grsai_pipeline.cli.errors import BadInput, database_or_exit, settings_or_exit
-from grsai_pipeline.store.accounts import Account, get_account, grant_credits
-from grsai_pipeline.store.errors import UnknownAccount
+from grsai_pipeline.cli import context
+from grsai_pipeline.errors import InvalidInput
+from grsai_pipeline.store.accounts import MAX_BALANCE, Account, get_account, grant_credits
 
 
 @click.group()
@@ -23,14 +23,12 @@ def credits() -> None:
 def grant(user: str, amount: int) -> None:
     """Add AMOUNT spendable credits to USER's account."""
     if amount <= 0:
-        raise BadInput(f"AMOUNT must be a positive integer, got {amount}")
+        raise InvalidInput("AMOUNT", f"must be a positive integer, got {amount}")
+    if amount > MAX_BALANCE:
+        raise InvalidInput("AMOUNT", f"must be at most {MAX_BALANCE}, got {amount}")
     if not user.strip():
-        raise BadInput("USER must not be empty")
-    engine = database_or_exit(settings_or_exit())
-    try:
-        account = grant_credits(engine, user, amount)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
+        raise InvalidInput("USER", "must not be empty")
+    account = grant_credits(context.database(context.settings()), user, amount)
     click.echo(f"granted {amount} credits to {user}: {_describe(account)}")
 
 
@@ -39,11 +37,7 @@ def grant(user: str, amount: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show(user: str, as_json: bool) -> None:
     """Show USER's spendable balance and the credits held for unsettled work."""
-    engine = database_or_exit(settings_or_exit())
-    try:
-        account = get_account(engine, user)
-    except UnknownAccount as exc:
-        raise BadInput(str(exc)) from None
+    account = get_account(context.database(context.settings()), user)
     if as_json:
         click.echo(
             json.dumps(

@@ -14,10 +14,9 @@ from typing import Any
 
 import click
 
-from grsai_pipeline.cli.batches import describe_batch, tasks_table
-from grsai_pipeline.cli.errors import Failed
-from grsai_pipeline.cli.run import open_instance, run_until
+from grsai_pipeline.cli.views import describe_batch, tasks_table
 from grsai_pipeline.config import load_settings
+from grsai_pipeline.errors import RunFailed
 from grsai_pipeline.store.accounts import get_account, grant_credits
 from grsai_pipeline.store.batches import create_batch, get_batch
 from grsai_pipeline.store.db import get_engine, reading
@@ -65,7 +64,8 @@ SAMPLE_BATCH: list[dict[str, Any]] = [
 )
 def demo(workdir: Path | None) -> None:
     """Run a sample batch end to end against a local simulator, and print the ledger."""
-    from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
+    from grsai_pipeline.cli.dagster_run import open_instance, run_until
+    from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="grsai-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def demo(workdir: Path | None) -> None:
                 instance, settings, new.batch_id, until_settled=True, timeout=DEMO_TIMEOUT_S
             )
     if view.status != "settled":
-        raise Failed(f"the demo batch did not settle in {DEMO_TIMEOUT_S:.0f} s")
+        raise RunFailed(f"the demo batch did not settle in {DEMO_TIMEOUT_S:.0f} s")
     view = get_batch(engine, new.batch_id)
     click.echo("")
     click.echo(tasks_table(view))

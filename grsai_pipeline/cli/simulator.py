@@ -25,7 +25,7 @@ def simulator(
 
     Point GRSAI_BASE_URL at it. Faults: POST /_sim/faults; counters: GET /_sim/stats.
     """
-    from grsai_pipeline.grsai.simulator import SimulatorConfig, serve
+    from grsai_pipeline.dev.simulator import SimulatorConfig, serve
 
     config = SimulatorConfig(api_key=api_key, seed=seed, generation_s=generation_s)
     click.echo(f"Grsai simulator on http://{host}:{port} (Ctrl-C to stop)", err=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from grsai_pipeline.cli.errors import BadInput, database_or_exit, settings_or_exit
-from grsai_pipeline.config import SettingsError
+from grsai_pipeline.cli import context
 from grsai_pipeline.domain.callbacks import CALLBACK_PATH
 
 
@@ -23,14 +22,11 @@ def serve_command(host: str, port: int) -> None:
     Put it behind APP_URL (Grsai calls APP_URL + /api/video/callback); polling goes on
     beside it, so a callback that never arrives only delays its task.
     """
-    from grsai_pipeline.webhook import serve
+    from grsai_pipeline.webhook.app import serve
 
-    settings = settings_or_exit()
-    try:
-        secret = settings.require_webhook_secret()
-    except SettingsError as exc:
-        raise BadInput(str(exc)) from None
-    engine = database_or_exit(settings)
+    settings = context.settings()
+    secret = settings.require_webhook_secret()
+    engine = context.database(settings)
     where = f"http://{host}:{port}{CALLBACK_PATH}"
     click.echo(f"callback receiver on {where} (Ctrl-C to stop)", err=True)
     serve(engine, secret, settings.retry_policy, host, port)

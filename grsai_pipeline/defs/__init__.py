@@ -1,1 +1,2 @@
-"""Dagster only: thin wrappers that call :mod:`grsai_pipeline.steps` and the store."""
+"""Dagster only: partitions, resources, the batch step, the re-polling job, the sensor and the
+schedule; each calls the core (``engine``, ``store``) and holds no product rule of its own."""

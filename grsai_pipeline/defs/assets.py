@@ -15,16 +15,14 @@ from typing import Any
 
 import dagster as dg
 
-from grsai_pipeline.config import SettingsError
 from grsai_pipeline.defs.metadata import batch_metadata, engine_metadata
 from grsai_pipeline.defs.partitions import batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import batch_worker
-from grsai_pipeline.grsai.errors import RunStopped
+from grsai_pipeline.errors import RunStopped, SettingsError, UnknownBatch
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
 from grsai_pipeline.store.batches import get_batch
-from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.retries import retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
 

@@ -57,6 +57,8 @@ def engine_metadata(report: EngineReport) -> dict[str, Any]:
         "polls_now": report.polls,
         "polls_unanswered": report.unanswered,
         "possible_duplicates_now": report.possible_duplicates,
+        # Answers another writer (a callback, an overlapping run) had already applied.
+        "answers_already_applied": report.stale_writes,
         "paused_by_429": report.rate_limited,
         **{f"now_{outcome}": n for outcome, n in report.outcomes().items()},
     }

@@ -22,7 +22,6 @@ from typing import Final
 
 from grsai_pipeline.domain.states import (
     AUTO_RETRYABLE,
-    FINAL_STATUSES,
     QUEUED,
     FailureKind,
     RemoteResult,
@@ -169,10 +168,6 @@ class Transition:
         """The status the task moves to, or None when only other fields change."""
         status = self.change.get("status")
         return str(status) if status is not None else None
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
 
 
 def decide(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from grsai_pipeline.errors import InvalidTask
+
 SORA_MODELS: Final = ("sora-2",)
 VEO_MODELS: Final = ("veo-flash", "veo-pro")
 MODELS: Final = SORA_MODELS + VEO_MODELS
@@ -22,16 +24,6 @@ DEFAULT_ASPECT_RATIO: Final = {"sora-2": "9:16", "veo-flash": "16:9", "veo-pro":
 MAX_PROMPT_CHARS: Final = 4000
 MAX_VEO_URLS: Final = 3
 TASK_FIELDS: Final = ("prompt", "model", "reference_url", "aspect_ratio", "duration", "meta")
-INVALID_INPUT_PREFIX: Final = "INVALID_INPUT:"
-
-
-class InvalidTask(ValueError):
-    """A task breaks a rule of SPEC section 2; ``str()`` is the stored ``error_message``."""
-
-    def __init__(self, field: str, rule: str) -> None:
-        self.field = field
-        self.rule = rule
-        super().__init__(f"{INVALID_INPUT_PREFIX} {field}: {rule}")
 
 
 @dataclass(frozen=True)

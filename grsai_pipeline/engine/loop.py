@@ -45,8 +45,8 @@ from grsai_pipeline.domain.lifecycle import (
 from grsai_pipeline.domain.states import RetryPolicy, TaskStatus
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.scope import Scope
+from grsai_pipeline.errors import ApiUnavailable, RateLimited, RunStopped
 from grsai_pipeline.grsai.client import GrsaiClient
-from grsai_pipeline.grsai.errors import ApiUnavailable, RateLimited, RunStopped
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import is_postgres, reading
 from grsai_pipeline.store.runners import Heartbeat
@@ -70,8 +70,10 @@ FLUSH_EVERY_S: Final = 0.25
 FLUSH_AT: Final = 500
 # A submit's outcome is written within this (it holds a claim until then).
 RECORD_WITHIN_S: Final = 0.02
-# How often the database is read again for work that other writers made.
+# How often the database is read again for work that other writers made: every two seconds,
+# or less often when reading takes long (thousands of open batches), never over 5% of the time.
 RESCAN_EVERY_S: Final = 2.0
+RESCAN_SHARE: Final = 0.05
 
 
 class Until(StrEnum):
@@ -141,6 +143,7 @@ class Engine:
         self._submits_in_flight = 0
         self._sync: asyncio.Task[None] | None = None
         self._next_rescan = 0.0
+        self._rescan_took = 0.0
         self._rescanned_clean = False
         self._claiming = True
         self._stopped: RunStopped | None = None
@@ -150,7 +153,6 @@ class Engine:
         self._deadline = 0.0
         self._winding_down = False
         self._rescanned_clean = self._submits_clean = False
-        self.last_scan: Rescan | None = None
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -308,7 +310,6 @@ class Engine:
             self._stopped = self._stopped or exc
             self._schedule(task, 0.0)
             return
-        self.report.batch(task.batch_job_id).answered += 1
         self._record(task.state, task.batch_job_id, Answered(result), task.is_sora)
 
     async def _submit(self, claimed: ClaimedTask) -> None:
@@ -510,6 +511,13 @@ class Engine:
                 self.report.settled.append(settlement)
 
     def _read_scope(self, known: set[str]) -> Rescan:
+        started = time.monotonic()
+        try:
+            return self._read_scope_now(known)
+        finally:
+            self._rescan_took = time.monotonic() - started
+
+    def _read_scope_now(self, known: set[str]) -> Rescan:
         with reading(self.db) as conn:
             batches = self.scope.batch_ids(conn)
             waiting = (
@@ -530,7 +538,6 @@ class Engine:
         return Rescan(batches, pending, unfinished, ids, new)
 
     def _apply_rescan(self, seen: Rescan, known_before: set[str]) -> None:
-        self.last_scan = seen
         self._batches = list(seen.batches)
         in_scope = set(seen.batches)
         for batch_id in list(self._rotation):
@@ -556,7 +563,7 @@ class Engine:
         self._submits_clean = (
             not self._outcomes and not self._submits_in_flight and not self._to_submit
         )
-        self._next_rescan = now + RESCAN_EVERY_S
+        self._next_rescan = now + max(RESCAN_EVERY_S, self._rescan_took / RESCAN_SHARE)
 
 
 @dataclass(frozen=True)

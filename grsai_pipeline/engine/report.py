@@ -15,7 +15,6 @@ class BatchActivity:
     """One batch's share of a run: tasks the API accepted, answers, and tasks that ended."""
 
     accepted: int = 0
-    answered: int = 0
     succeeded: int = 0
     failed: int = 0
     retried: int = 0

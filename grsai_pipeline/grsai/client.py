@@ -28,7 +28,7 @@ from tenacity.stop import stop_base
 from grsai_pipeline import __version__
 from grsai_pipeline.domain.states import RemoteResult
 from grsai_pipeline.domain.tasks import TaskSpec
-from grsai_pipeline.grsai.errors import (
+from grsai_pipeline.errors import (
     ApiAccessDenied,
     ApiUnavailable,
     RateLimited,
@@ -48,9 +48,6 @@ class ApiStats:
     calls: int = 0
     retries: int = 0
     rate_limited: int = 0
-
-    def as_metadata(self) -> dict[str, int]:
-        return {"api_calls": self.calls, "api_retries": self.retries, "api_429s": self.rate_limited}
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
+from grsai_pipeline.errors import InvalidInput, UnknownAccount
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.errors import UnknownAccount
 from grsai_pipeline.store.ledger import ensure_account, lock_balance, write_entries
 from grsai_pipeline.store.schema import credit_accounts
 
@@ -30,16 +30,16 @@ class Account:
 def grant_credits(engine: Engine, user_id: str, amount: int) -> Account:
     """Add ``amount`` (> 0) spendable credits to the user's account, creating it if needed."""
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise ValueError(f"AMOUNT must be a positive integer, got {amount!r}")
+        raise InvalidInput("amount", f"must be a positive integer, got {amount!r}")
     if amount > MAX_BALANCE:
-        raise ValueError(f"AMOUNT must be at most {MAX_BALANCE}, got {amount}")
+        raise InvalidInput("amount", f"must be at most {MAX_BALANCE}, got {amount}")
     if not user_id.strip():
-        raise ValueError("USER must not be empty")
+        raise InvalidInput("user", "must not be empty")
     now = utc_now()
     with engine.begin() as conn:
         ensure_account(conn, user_id, now)
         if (lock_balance(conn, user_id) or 0) + amount > MAX_BALANCE:
-            raise ValueError(f"a balance may not exceed {MAX_BALANCE} credits")
+            raise InvalidInput("amount", f"would take the balance over {MAX_BALANCE} credits")
         write_entries(
             conn, [LedgerEntry(user_id=user_id, kind=EntryKind.GRANT, amount=amount)], now
         )

@@ -10,9 +10,9 @@ from sqlalchemy.engine import Engine
 
 from grsai_pipeline.domain.ledger import account_violations, settled_batch_violations
 from grsai_pipeline.domain.states import BatchStatus, TaskStatus
+from grsai_pipeline.errors import UnknownBatch
 from grsai_pipeline.store.batches import count_unfinished
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.ledger import ledger_totals
 from grsai_pipeline.store.schema import batch_jobs, credit_accounts, video_tasks
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 
 from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
 from grsai_pipeline.domain.pricing import PriceTable
@@ -21,10 +21,10 @@ from grsai_pipeline.domain.states import (
     FailureKind,
     TaskStatus,
 )
-from grsai_pipeline.domain.tasks import InvalidTask, TaskSpec, validate_task
+from grsai_pipeline.domain.tasks import TaskSpec, validate_task
+from grsai_pipeline.errors import InsufficientCredits, InvalidInput, InvalidTask, UnknownBatch
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.errors import InsufficientCredits, UnknownBatch
 from grsai_pipeline.store.ledger import ensure_account, lock_balance, write_entries
 from grsai_pipeline.store.schema import batch_jobs, video_tasks
 
@@ -48,9 +48,9 @@ def create_batch(
     balance cannot cover the valid tasks, nothing is written and InsufficientCredits is raised.
     """
     if not tasks:
-        raise ValueError("a batch needs at least one task")
+        raise InvalidInput("tasks", "must hold at least one task")
     if not user_id.strip():
-        raise ValueError("USER must not be empty")
+        raise InvalidInput("user", "must not be empty")
     now = utc_now()
     batch_id = str(uuid.uuid4())
     rows, entries = [], []
@@ -190,6 +190,17 @@ class BatchView:
     @property
     def unfinished(self) -> int:
         return self.counts[TaskStatus.PENDING] + self.counts[TaskStatus.PROCESSING]
+
+
+def lock_batch(conn: Connection, batch_id: str) -> Row[Any]:
+    """The batch's row, locked until the transaction ends (money moves under this lock);
+    UnknownBatch when there is none."""
+    batch = conn.execute(
+        sa.select(batch_jobs).where(batch_jobs.c.id == batch_id).with_for_update()
+    ).one_or_none()
+    if batch is None:
+        raise UnknownBatch(batch_id)
+    return batch
 
 
 def get_batch(

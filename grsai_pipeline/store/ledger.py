@@ -24,6 +24,7 @@ from grsai_pipeline.domain.ledger import (
     OpenReservation,
     account_change,
 )
+from grsai_pipeline.errors import UnknownAccount
 from grsai_pipeline.store.db import is_postgres
 from grsai_pipeline.store.schema import batch_jobs, credit_accounts, credit_ledger, video_tasks
 
@@ -105,7 +106,7 @@ def _move_account(conn: Connection, user_id: str, change: AccountChange, now: da
         )
     )
     if result.rowcount != 1:
-        raise LookupError(f"no credit account for user {user_id!r}")
+        raise UnknownAccount(user_id)
 
 
 def open_reservations(conn: Connection, batch_id: str) -> list[OpenReservation]:

@@ -22,8 +22,8 @@ from grsai_pipeline.domain.lifecycle import (
     decide,
 )
 from grsai_pipeline.domain.states import BACKFILL_RETRYABLE, BatchStatus, RetryPolicy, TaskStatus
+from grsai_pipeline.store.batches import lock_batch
 from grsai_pipeline.store.columns import utc_now
-from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.ledger import lock_balance, next_reservation_numbers, write_entries
 from grsai_pipeline.store.schema import batch_jobs, video_tasks
 from grsai_pipeline.store.tasks import apply_transitions
@@ -46,11 +46,7 @@ def retry_failed_tasks(engine: Engine, batch_id: str) -> RetryStart:
     t = video_tasks.c
     policy = RetryPolicy()
     with engine.begin() as conn:
-        batch = conn.execute(
-            sa.select(batch_jobs).where(batch_jobs.c.id == batch_id).with_for_update()
-        ).one_or_none()
-        if batch is None:
-            raise UnknownBatch(batch_id)
+        batch = lock_batch(conn, batch_id)
         if batch.status != BatchStatus.SETTLED:
             return RetryStart()
         failed = conn.execute(

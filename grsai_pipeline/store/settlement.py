@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from grsai_pipeline.domain.ledger import closing_entry
 from grsai_pipeline.domain.states import BatchStatus
-from grsai_pipeline.store.batches import count_unfinished
+from grsai_pipeline.store.batches import count_unfinished, lock_batch
 from grsai_pipeline.store.columns import utc_now
-from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.ledger import open_reservations, write_entries
 from grsai_pipeline.store.schema import batch_jobs
 
@@ -42,11 +40,7 @@ def settle_batch(engine: Engine, batch_id: str) -> Settlement:
     """
     now = utc_now()
     with engine.begin() as conn:
-        batch = conn.execute(
-            sa.select(batch_jobs).where(batch_jobs.c.id == batch_id).with_for_update()
-        ).one_or_none()
-        if batch is None:
-            raise UnknownBatch(batch_id)
+        batch = lock_batch(conn, batch_id)
         unfinished = count_unfinished(conn, [batch_id])
         if unfinished:
             return Settlement(

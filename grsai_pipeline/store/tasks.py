@@ -32,13 +32,8 @@ from grsai_pipeline.domain.states import (
     BatchStatus,
     TaskStatus,
 )
-from grsai_pipeline.domain.tasks import (
-    SORA_MODELS,
-    TASK_FIELDS,
-    InvalidTask,
-    TaskSpec,
-    validate_task,
-)
+from grsai_pipeline.domain.tasks import SORA_MODELS, TASK_FIELDS, TaskSpec, validate_task
+from grsai_pipeline.errors import InvalidTask
 from grsai_pipeline.store.columns import UtcDateTime
 from grsai_pipeline.store.db import is_postgres
 from grsai_pipeline.store.schema import batch_jobs, pipeline_runners, video_tasks

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 from dagster._serdes import serialize_value
 
-from grsai_pipeline.grsai.simulator import FaultRule
+from grsai_pipeline.dev.simulator import FaultRule
 from grsai_pipeline_tests.conftest import TEST_API_KEY
 from grsai_pipeline_tests.helpers import new_batch, table_snapshot
 from grsai_pipeline_tests.test_defs.dagster_helpers import run_batch

@@ -10,10 +10,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from grsai_pipeline.background_server import BackgroundServer
 from grsai_pipeline.config import load_settings
-from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
-from grsai_pipeline.webhook import create_app
+from grsai_pipeline.dev.server import BackgroundServer
+from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.webhook.app import create_app
 from grsai_pipeline_tests.conftest import TEST_API_KEY, pipeline_settings
 from grsai_pipeline_tests.e2e.conftest import wait_for
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows

@@ -17,7 +17,7 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from grsai_pipeline.cli import main
-from grsai_pipeline.grsai.simulator import FaultRule, SimulatorServer
+from grsai_pipeline.dev.simulator import FaultRule, SimulatorServer
 from grsai_pipeline_tests.conftest import e2e_settings
 from grsai_pipeline_tests.e2e.conftest import wait_for
 from grsai_pipeline_tests.e2e.runner import run_to_the_end, start_runner

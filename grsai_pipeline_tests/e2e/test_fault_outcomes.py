@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from grsai_pipeline.cli import main
-from grsai_pipeline.grsai.simulator import FaultRule, SimulatorServer
+from grsai_pipeline.dev.simulator import FaultRule, SimulatorServer
 from grsai_pipeline_tests.conftest import e2e_settings
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows
 

@@ -211,7 +211,7 @@ BAD_FILES = {
     "some-not-objects": (_some_not_objects, "item 1"),
     "empty-list": (_empty_list, "empty"),
     "not-utf8": (_not_utf8, "UTF-8"),
-    "missing": (_missing, "cannot read"),
+    "missing": (_missing, "cannot be read"),
     "nan": (_nan, "JSON"),
 }
 

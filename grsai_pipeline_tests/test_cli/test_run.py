@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from dagster._core.instance.ref import InstanceRef
 
-from grsai_pipeline.grsai.simulator import SimulatorServer
+from grsai_pipeline.dev.simulator import SimulatorServer
 from grsai_pipeline_tests.conftest import TEST_API_KEY, pipeline_settings
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,

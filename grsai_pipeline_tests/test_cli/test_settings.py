@@ -10,7 +10,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from grsai_pipeline.grsai.simulator import SimulatorServer
+from grsai_pipeline.dev.simulator import SimulatorServer
 from grsai_pipeline_tests.conftest import TEST_API_KEY, pipeline_settings
 from grsai_pipeline_tests.helpers import new_batch, table_snapshot
 from grsai_pipeline_tests.test_cli.cli_helpers import (

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import httpx
 import sqlalchemy as sa
 
-from grsai_pipeline.grsai.simulator import FaultRule, SimulatorServer
+from grsai_pipeline.dev.simulator import FaultRule, SimulatorServer
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,
     ledger_kinds,

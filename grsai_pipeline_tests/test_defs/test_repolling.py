@@ -9,8 +9,8 @@ import pytest
 
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.definitions import defs
+from grsai_pipeline.dev.simulator import SimulatorServer
 from grsai_pipeline.engine.work import submit_batch
-from grsai_pipeline.grsai.simulator import SimulatorServer
 from grsai_pipeline.store.db import get_engine
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows
 

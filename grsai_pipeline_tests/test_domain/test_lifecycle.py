@@ -86,7 +86,7 @@ def test_running_keeps_processing_and_stores_progress() -> None:
 
     assert transition is not None
     assert transition.change == {"progress": 42}
-    assert transition.status is None and not transition.is_final
+    assert transition.status is None
 
 
 def test_running_with_unchanged_progress_changes_nothing() -> None:
@@ -97,7 +97,7 @@ def test_succeeded_task_becomes_succeeded_with_its_url() -> None:
     result = RemoteResult(code=0, msg="", status="succeeded", video_url=VIDEO)
     transition = answered(at_api(error_message="earlier try"), result)
 
-    assert transition is not None and transition.is_final
+    assert transition is not None and transition.status == "succeeded"
     assert transition.status == "succeeded"
     assert transition.change["video_url"] == VIDEO
     assert transition.change["progress"] == 100
@@ -121,7 +121,7 @@ def test_generation_error_is_retried_while_attempts_at_most_max(attempts: int) -
 def test_generation_error_fails_once_attempts_pass_max(attempts: int) -> None:
     transition = answered(at_api(attempts), generation_error())
 
-    assert transition is not None and transition.is_final
+    assert transition is not None and transition.status == "failed"
     assert transition.status == "failed"
     assert transition.change["failure_kind"] == FailureKind.GENERATION_ERROR
     assert "boom" in str(transition.change["error_message"])

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from grsai_pipeline.domain.tasks import InvalidTask, TaskSpec, validate_task
+from grsai_pipeline.domain.tasks import TaskSpec, validate_task
+from grsai_pipeline.errors import InvalidTask
 
 SORA: dict[str, Any] = {"prompt": "A cinematic video", "model": "sora-2"}
 VEO: dict[str, Any] = {"prompt": "A cinematic video", "model": "veo-flash"}

@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from grsai_pipeline.config import load_settings
+from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import open_batches_worker
-from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
 from grsai_pipeline_tests.conftest import TEST_API_KEY, pipeline_settings
 from grsai_pipeline_tests.helpers import new_batch, rows
 

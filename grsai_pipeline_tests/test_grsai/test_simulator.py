@@ -17,17 +17,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from grsai_pipeline.background_server import BackgroundServer
+from grsai_pipeline.dev.server import BackgroundServer
+from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
 from grsai_pipeline.domain.states import normalise
 from grsai_pipeline.domain.tasks import validate_task
-from grsai_pipeline.grsai.client import GrsaiClient, RetrySettings
-from grsai_pipeline.grsai.errors import (
+from grsai_pipeline.errors import (
     ApiAccessDenied,
     ApiUnavailable,
     RateLimited,
     UpstreamCreditsExhausted,
 )
-from grsai_pipeline.grsai.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.grsai.client import GrsaiClient, RetrySettings
 from grsai_pipeline_tests.conftest import TEST_API_KEY
 
 SORA = "/v1/video/sora-video"

@@ -10,8 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from grsai_pipeline.domain.tasks import validate_task
+from grsai_pipeline.errors import ApiUnavailable
 from grsai_pipeline.grsai.client import GrsaiClient, RetrySettings
-from grsai_pipeline.grsai.errors import ApiUnavailable
 
 TASK = validate_task({"prompt": "a lighthouse at dawn", "model": "sora-2"})
 FAST = RetrySettings(budget_s=0.3, backoff_base_s=0.01, backoff_max_s=0.02)

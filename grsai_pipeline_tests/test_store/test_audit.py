@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from grsai_pipeline.errors import UnknownBatch
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
-from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline_tests.helpers import new_batch
 from grsai_pipeline_tests.test_store.store_support import (

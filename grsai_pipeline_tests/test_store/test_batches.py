@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from grsai_pipeline.domain.pricing import PriceTable
+from grsai_pipeline.errors import InsufficientCredits, InvalidInput, UnknownAccount, UnknownBatch
 from grsai_pipeline.store.accounts import get_account, grant_credits
 from grsai_pipeline.store.batches import create_batch, get_batch
-from grsai_pipeline.store.errors import InsufficientCredits, UnknownAccount, UnknownBatch
 from grsai_pipeline.store.schema import video_tasks
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,
@@ -231,9 +231,9 @@ def test_an_empty_batch_or_user_is_refused_without_writes(engine: sa.Engine) -> 
     grant_credits(engine, "alice", 30)
     before = table_snapshot(engine)
 
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInput, match="tasks must hold at least one task"):
         _create(engine, [])
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInput, match="user must not be empty"):
         _create(engine, [SORA_10], user="  ")
 
     assert table_snapshot(engine) == before
@@ -334,16 +334,17 @@ def test_a_grant_that_is_not_a_positive_integer_writes_nothing(engine: sa.Engine
     before = table_snapshot(engine)
 
     for amount in (0, -5, True, 2.5, "10", None):
-        with pytest.raises(ValueError, match="AMOUNT"):
+        with pytest.raises(InvalidInput, match="amount must be a positive integer") as info:
             grant_credits(engine, "alice", amount)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="AMOUNT"):
+        assert info.value.field == "amount"
+        with pytest.raises(InvalidInput, match="amount"):
             grant_credits(engine, "newcomer", amount)  # type: ignore[arg-type]
 
     assert table_snapshot(engine) == before
 
 
 def test_a_grant_to_an_empty_user_is_refused(engine: sa.Engine) -> None:
-    with pytest.raises(ValueError, match="USER"):
+    with pytest.raises(InvalidInput, match="user must not be empty"):
         grant_credits(engine, "   ", 10)
     assert table_snapshot(engine)["credit_accounts"] == []
 
@@ -368,7 +369,7 @@ def test_a_grant_past_the_largest_balance_fails_and_keeps_the_balance_exact(
     grant_credits(engine, "alice", big)
     before = table_snapshot(engine)
 
-    with pytest.raises(ValueError, match="may not exceed"):
+    with pytest.raises(InvalidInput, match="would take the balance over"):
         grant_credits(engine, "alice", 1)
 
     assert table_snapshot(engine) == before

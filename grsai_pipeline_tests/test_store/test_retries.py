@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from grsai_pipeline.domain.pricing import PriceTable
+from grsai_pipeline.errors import UnknownBatch
 from grsai_pipeline.store.accounts import grant_credits
 from grsai_pipeline.store.batches import create_batch
-from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.retries import retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline_tests.helpers import (

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 
 from grsai_pipeline.domain.lifecycle import Accepted, Answered, Rejected, SubmitFailed
 from grsai_pipeline.domain.states import RemoteResult, RetryPolicy
+from grsai_pipeline.errors import UnknownBatch
 from grsai_pipeline.store.batches import get_batch
-from grsai_pipeline.store.errors import UnknownBatch
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.store.tasks import tasks_at_api
 from grsai_pipeline_tests.helpers import (

@@ -13,10 +13,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from grsai_pipeline.background_server import BackgroundServer
+from grsai_pipeline.dev.server import BackgroundServer
 from grsai_pipeline.domain.callbacks import CALLBACK_PATH, callback_token, callback_url
 from grsai_pipeline.domain.states import RetryPolicy
-from grsai_pipeline.webhook import MAX_BODY_BYTES, create_app
+from grsai_pipeline.webhook.app import MAX_BODY_BYTES, create_app
 from grsai_pipeline_tests.helpers import table_snapshot
 from grsai_pipeline_tests.test_store.store_support import task_row
 from grsai_pipeline_tests.test_webhook.webhook_support import (

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from grsai_pipeline.background_server import BackgroundServer
+from grsai_pipeline.dev.server import BackgroundServer
 from grsai_pipeline.grsai.wire import (
     POLL_PATH,
     POLLING_MODE_WEBHOOK,
@@ -48,7 +48,6 @@ from grsai_pipeline.grsai.wire import (
     VeoSubmitRequest,
 )
 
-OUTCOMES = ("succeeded", "input_moderation", "output_moderation", "error", "no_url", "api_error")
 DIRECTIVE = re.compile(r"\[sim:([a-z_,]+)\]")
 REQUIRED_KEYS = {
     "SoraSubmitRequest": {

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from grsai_pipeline.domain.callbacks import CALLBACK_PATH, token_is_valid
 from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.engine.callbacks import CallbackVerdict, apply_callback
+from grsai_pipeline.errors import CallbackRefused
 from grsai_pipeline.grsai.wire import PollResponse, parse_callback
 
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -46,13 +47,6 @@ STATUS_OF: Final = {
 log = logging.getLogger(__name__)
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, error: str) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-
-
 def create_app(engine: Engine, secret: str, policy: RetryPolicy) -> Starlette:
     """The receiver as an ASGI app, writing to ``engine``."""
 
@@ -60,13 +54,13 @@ def create_app(engine: Engine, secret: str, policy: RetryPolicy) -> Starlette:
         task_id = request.query_params.get("task_id", "")
         try:
             if not task_id or not request.query_params.get("token"):
-                raise _Refused(400, "task_id and token are required query parameters")
+                raise CallbackRefused(400, "task_id and token are required query parameters")
             if not token_is_valid(secret, task_id, request.query_params["token"]):
-                raise _Refused(403, "token does not verify for this task")
+                raise CallbackRefused(403, "token does not verify for this task")
             answer = _parse(await _read_body(request))
-        except _Refused as refused:
-            log.warning("callback refused (%s): %s", refused.status, refused.error)
-            return JSONResponse({"error": refused.error}, status_code=refused.status)
+        except CallbackRefused as refused:
+            log.warning("callback refused (%s): %s", refused.status, refused.reason)
+            return JSONResponse({"error": refused.reason}, status_code=refused.status)
         outcome = await asyncio.to_thread(apply_callback, engine, policy, task_id, answer)
         log.info("callback for task %s: %s (%s)", task_id, outcome.verdict, outcome.status)
         return JSONResponse(
@@ -83,7 +77,7 @@ async def _read_body(request: Request) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise _Refused(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+            raise CallbackRefused(413, f"body is larger than {MAX_BODY_BYTES} bytes")
     return bytes(body)
 
 
@@ -91,15 +85,15 @@ def _parse(body: bytes) -> PollResponse:
     try:
         document = json.loads(body)
     except ValueError:
-        raise _Refused(400, "body is not JSON") from None
+        raise CallbackRefused(400, "body is not JSON") from None
     try:
         answer = parse_callback(document)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise _Refused(422, f"{where}: {first['msg']}") from None
+        raise CallbackRefused(422, f"{where}: {first['msg']}") from None
     if answer.data is None or not answer.data.id:
-        raise _Refused(400, "data.id is required: it names the remote task")
+        raise CallbackRefused(400, "data.id is required: it names the remote task")
     return answer
 
 

@@ -14,7 +14,7 @@ ROUNDS = 20
 
 
 def add_partitions(home: str, keys: list[str], barrier: Barrier, errors: mp.Queue) -> None:
-    from grsai_pipeline.defs.in_process import ensure_partition
+    from grsai_pipeline.cli.dagster_run import ensure_partition
 
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(home))
     for key in keys:
