@@ -159,7 +159,12 @@ def main() -> None:
             stand_in_cpu = _cpu_of(stand_in.pid) - stand_in_before
         finally:
             os.killpg(dev.pid, signal.SIGTERM)
-            dev.wait(timeout=60)
+            try:
+                dev.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a run still winding down: the figures are in
+                os.killpg(dev.pid, signal.SIGKILL)
+                dev.wait(timeout=30)
+        (work / "polls.json").write_text(json.dumps(polls))
         gaps = longest_gaps(polls, remote_ids, window_start, window_end)
         in_window = sum(
             1 for times in polls.values() for t in times if window_start <= t <= window_end

@@ -202,6 +202,9 @@ def pipeline_env(args: argparse.Namespace, base_url: str, work: Path) -> dict[st
         "GRSAI_MAX_CONCURRENCY": str(args.concurrency),
         "GRSAI_POLL_INTERVAL_S": str(args.poll_interval),
         "GRSAI_POLL_BUDGET_S": "3600",
+        # Submit to settlement, as the floor does; copying the videos (SPEC 8) is not timed here.
+        "GRSAI_ARCHIVE_URL": str(work / "videos"),
+        "GRSAI_ARCHIVE_BUDGET_S": "0",
         "DAGSTER_HOME": str(home),
     }
 

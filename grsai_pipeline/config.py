@@ -23,6 +23,7 @@ from grsai_pipeline.errors import SettingsError
 
 DEFAULT_BASE_URL = "https://grsaiapi.com"
 DEFAULT_DATABASE_URL = "sqlite:///grsai.db"
+DEFAULT_ARCHIVE_URL = "./videos"
 
 
 class Settings(BaseSettings):
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(10, ge=1, le=1000, alias="GRSAI_MAX_CONCURRENCY")
     poll_interval_s: float = Field(5.0, gt=0, le=3600, alias="GRSAI_POLL_INTERVAL_S")
     poll_budget_s: float = Field(300.0, ge=0, alias="GRSAI_POLL_BUDGET_S")
+    # SPEC 8: where archived videos go, any fsspec URL (a local folder by default).
+    archive_url: str = Field(DEFAULT_ARCHIVE_URL, alias="GRSAI_ARCHIVE_URL")
     dagster_home: str | None = Field(None, alias="DAGSTER_HOME")
     dagster_pg_url: str | None = Field(None, alias="DAGSTER_PG_URL")
 
@@ -54,6 +57,9 @@ class Settings(BaseSettings):
     task_timeout_s: float = Field(3600.0, gt=0, alias="GRSAI_TASK_TIMEOUT_S")
     claim_lease_s: float = Field(30.0, gt=0, alias="GRSAI_CLAIM_LEASE_S")
     prices: dict[str, int] = Field(default_factory=dict, alias="GRSAI_PRICES")
+    archive_concurrency: int = Field(4, ge=1, le=64, alias="GRSAI_ARCHIVE_CONCURRENCY")
+    # How long a batch's own run copies its videos after settling (0: the re-polling run does).
+    archive_budget_s: float = Field(120.0, ge=0, alias="GRSAI_ARCHIVE_BUDGET_S")
 
     @field_validator("base_url")
     @classmethod
@@ -64,6 +70,13 @@ class Settings(BaseSettings):
     @classmethod
     def _app_url_is_http(cls, value: str | None) -> str | None:
         return None if not value else _http_url(value).rstrip("/")
+
+    @field_validator("archive_url")
+    @classmethod
+    def _archive_url_is_set(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a folder or an fsspec URL such as s3://bucket/prefix")
+        return value.strip()
 
     @field_validator("database_url")
     @classmethod

@@ -7,12 +7,14 @@ HTTP status an error becomes is the adapters' business (``cli``, ``webhook``), n
     GrsaiPipelineError
     ├── SettingsError            a setting is missing or invalid         .setting
     ├── InvalidInput             bad input from a person                  .field .rule
-    │   └── InvalidTask          a task breaks a rule of SPEC 2           (INVALID_INPUT: ...)
+    │   ├── InvalidTask          a task breaks a rule of SPEC 2           (INVALID_INPUT: ...)
+    │   └── IdempotencyConflict  a key reused for another request         .key
     ├── StoreError               the application database refused
     │   ├── DatabaseNotReady     missing, unreachable, or at another schema revision
     │   ├── UnknownBatch                                                  .batch_id
     │   ├── UnknownAccount                                                .user_id
-    │   └── InsufficientCredits  nothing written                          .user_id .balance .needed
+    │   ├── InsufficientCredits  nothing written                          .user_id .balance .needed
+    │   └── LedgerMismatch       stored money columns differ from the ledger .problems
     ├── GrsaiError               the Grsai API
     │   ├── RunStopped           nothing works until a person acts: the run stops, no task fails
     │   │   ├── ApiAccessDenied          401/403                          .status_code
@@ -62,6 +64,18 @@ class InvalidTask(InvalidInput):
         return f"{INVALID_INPUT_PREFIX} {self.field}: {self.rule}"
 
 
+class IdempotencyConflict(InvalidInput):
+    """An idempotency key already answered another request; nothing was written."""
+
+    def __init__(self, key: str, first_request: str, first_at: str) -> None:
+        self.key = key
+        super().__init__(
+            "--idempotency-key",
+            f"{key!r} was used at {first_at} for a different {first_request} request;"
+            " nothing was written (use a new key for a new request)",
+        )
+
+
 class StoreError(GrsaiPipelineError):
     """The application database refused what was asked."""
 
@@ -93,6 +107,15 @@ class InsufficientCredits(StoreError):
             f"user {user_id!r} has {balance} credits but the batch needs {needed};"
             " nothing was written"
         )
+
+
+class LedgerMismatch(StoreError):
+    """Balances or batch money columns differ from what the ledger says they must be."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"the ledger does not match: {problems[0]}{more}")
 
 
 class GrsaiError(GrsaiPipelineError):

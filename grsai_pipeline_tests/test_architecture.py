@@ -25,7 +25,14 @@ def _modules_matching(pattern: str) -> set[str]:
     ("what", "pattern", "home"),
     [
         ("decides what a task becomes", r"\ndef decide\(", {"domain/lifecycle.py"}),
-        ("writes task rows", r"video_tasks\.update\(\)", {"store/tasks.py"}),
+        (
+            "writes task rows",
+            r"video_tasks\.update\(\)",
+            {
+                "store/tasks.py",  # a task's state, after an event
+                "store/archives.py",  # where its video was copied: no state, no money
+            },
+        ),
         ("moves an account's balance or held", r"credit_accounts\.update\(\)", {"store/ledger.py"}),
         (
             "writes a batch's credit columns",
@@ -36,6 +43,7 @@ def _modules_matching(pattern: str) -> set[str]:
             },
         ),
         ("appends ledger entries", r"credit_ledger\.insert\(\)", {"store/ledger.py"}),
+        ("keeps an idempotent answer", r"idempotency_keys\.insert\(\)", {"store/idempotency.py"}),
         ("normalises an answer of the API", r"\ndef normalise\(", {"domain/states.py"}),
         ("validates a task", r"\ndef validate_task\(", {"domain/tasks.py"}),
         ("builds a request body", r"\ndef submit_request\(", {"grsai/wire.py"}),
@@ -53,6 +61,7 @@ def test_every_task_transition_goes_through_the_guarded_writer() -> None:
         "engine/loop.py",  # submit outcomes and poll answers
         "engine/callbacks.py",  # webHook callbacks
         "store/retries.py",  # retries by backfill
+        "store/cancels.py",  # cancels
     }
     assert _modules_matching(r"\bapply_transitions\(") == callers - {"domain/lifecycle.py"} | {
         "store/tasks.py"

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from grsai_pipeline.cli.views import describe_batch, tasks_table
+from grsai_pipeline.cli.views import describe_batch, ledger_table, running_ledger, tasks_table
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.errors import RunFailed
 from grsai_pipeline.store.accounts import get_account, grant_credits
@@ -89,6 +89,7 @@ def demo(workdir: Path | None) -> None:
             GRSAI_POLL_INTERVAL_S="0.5",
             GRSAI_POLL_BUDGET_S=str(DEMO_TIMEOUT_S),
             GRSAI_BACKOFF_BASE_S="0.2",
+            GRSAI_ARCHIVE_URL=str(workdir / "videos"),
             DAGSTER_HOME=str(dagster_home),
         )
         for name in ("APP_URL", "NEXT_PUBLIC_APP_URL"):
@@ -114,9 +115,15 @@ def demo(workdir: Path | None) -> None:
     click.echo("")
     click.echo(describe_batch(view))
     click.echo("")
-    click.echo(ledger_table(engine))
+    click.echo(demo_ledger(engine))
     account = get_account(engine, DEMO_USER)
     click.echo(f"\n{DEMO_USER}: balance {account.balance}, held {account.held}")
+    archived = [task for task in view.tasks if task.archived_url]
+    click.echo(
+        f"\n{len(archived)} video(s) archived in {settings.archive_url} "
+        f"({sum(task.video_bytes or 0 for task in archived)} bytes, each with its sha256 "
+        "in video_tasks)"
+    )
     click.echo(
         f"\nDemo data kept in {workdir}. Browse the runs with:\n"
         f"  DAGSTER_HOME={dagster_home} GRSAI_DATABASE_URL={settings.database_url} "
@@ -124,21 +131,7 @@ def demo(workdir: Path | None) -> None:
     )
 
 
-def ledger_table(engine: Any) -> str:
-    import pandas as pd
-
+def demo_ledger(engine: Any) -> str:
     with reading(engine) as conn:
         entries = list_entries(conn, user_id=DEMO_USER)
-    frame = pd.DataFrame(
-        [
-            {
-                "entry": e.id,
-                "kind": e.kind,
-                "amount": e.amount,
-                "task #": "-" if e.batch_index is None else e.batch_index,
-                "reservation": "-" if e.reservation is None else e.reservation,
-            }
-            for e in entries
-        ]
-    )
-    return "ledger of " + DEMO_USER + ":\n" + frame.to_string(index=False)
+    return f"ledger of {DEMO_USER}:\n" + ledger_table(running_ledger(entries))

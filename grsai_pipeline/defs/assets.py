@@ -1,5 +1,5 @@
-"""The four partitioned assets of a batch: pending_tasks -> submitted_tasks -> polled_results
--> settled_ledger, materialized by one step.
+"""The partitioned assets of a batch: pending_tasks -> submitted_tasks -> polled_results
+-> settled_ledger, and archived_videos after polled_results, materialized by one step.
 
 One step, not four: submits and polls share one engine (the first answers are polled while
 later tasks are still being submitted), and a Dagster step costs a second of events and
@@ -15,16 +15,19 @@ from typing import Any
 
 import dagster as dg
 
+from grsai_pipeline.defs.archiving import archive_check, archive_metadata
 from grsai_pipeline.defs.metadata import batch_metadata, engine_metadata
 from grsai_pipeline.defs.partitions import batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.errors import RunStopped, SettingsError, UnknownBatch
+from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
 from grsai_pipeline.store.batches import get_batch
 from grsai_pipeline.store.retries import retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
+from grsai_pipeline.videos.archiver import archive_videos
 
 GROUP = "batch_pipeline"
 API_POOL = "grsai_api"
@@ -61,7 +64,22 @@ SETTLED = dg.AssetSpec(
     description="Credits settled: one charge per succeeded task, one refund per failed "
     "reservation. While tasks are unfinished it writes nothing and says it is waiting.",
 )
+ARCHIVED = dg.AssetSpec(
+    "archived_videos",
+    deps=[POLLED],
+    group_name=GROUP,
+    kinds={"s3"},
+    description="Every succeeded video copied from its expiring URL to GRSAI_ARCHIVE_URL "
+    "(a local folder by default; s3://bucket/prefix in production), streamed and whole.",
+)
 VIDEO_CHECK = dg.AssetCheckSpec("succeeded_tasks_have_video_url", asset=POLLED.key)
+ARCHIVE_CHECK = dg.AssetCheckSpec(
+    "videos_archived_in_time",
+    asset=ARCHIVED.key,
+    description="Fails when a succeeded video's URL expired before it was archived: the user "
+    "paid for a video we no longer have (each lost task is named).",
+)
+
 LEDGER_CHECK = dg.AssetCheckSpec("ledger_balances", asset=SETTLED.key)
 
 
@@ -88,8 +106,8 @@ def _view_metadata(app_db: AppDatabase, batch_id: str) -> dict[str, Any]:
 
 @dg.multi_asset(
     name=BATCH_STEP,
-    specs=[PENDING, SUBMITTED, POLLED, SETTLED],
-    check_specs=[VIDEO_CHECK, LEDGER_CHECK],
+    specs=[PENDING, SUBMITTED, POLLED, SETTLED, ARCHIVED],
+    check_specs=[VIDEO_CHECK, LEDGER_CHECK, ARCHIVE_CHECK],
     partitions_def=batches,
     pool=API_POOL,
 )
@@ -167,6 +185,21 @@ def batch_lifecycle(
                 asset_key=SETTLED.key,
                 passed=not problems,
                 metadata={"problems": dg.MetadataValue.json(problems)},
+            )
+        ],
+    )
+
+    # After the money: a slow download never holds up a settlement.
+    archived = archive_videos(
+        db, settings, batch_ids=[batch_id], budget_s=settings.archive_budget_s
+    )
+    state = archive_state(db, [batch_id])[batch_id]
+    yield dg.MaterializeResult(
+        asset_key=ARCHIVED.key,
+        metadata=archive_metadata(state, archived),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=ARCHIVE_CHECK.name, asset_key=ARCHIVED.key, **archive_check(state)
             )
         ],
     )

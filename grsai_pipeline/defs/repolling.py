@@ -6,6 +6,10 @@ retried, settles each batch whose tasks are all final, and reports each batch it
 that batch's own materialization of ``polled_results`` (and ``settled_ledger`` when it settles
 it), with the asset checks' results, so the batch's partition page keeps its history.
 
+It also copies the videos of every succeeded task not archived yet, of any batch, to
+``GRSAI_ARCHIVE_URL`` (SPEC 8), in a third thread for the same time, and reports each batch
+whose archive changed as a materialization of ``archived_videos`` with its check.
+
 The engine works in a thread of its own while the op writes those events: an event costs
 milliseconds on PostgreSQL and about 18 ms on a local SQLite instance (measured), and a
 thousand batches must not stop the polling for the time it takes to report them.
@@ -21,7 +25,16 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from grsai_pipeline.defs.assets import API_POOL, LEDGER_CHECK, POLLED, SETTLED, VIDEO_CHECK
+from grsai_pipeline.defs.archiving import archive_check, archive_metadata
+from grsai_pipeline.defs.assets import (
+    API_POOL,
+    ARCHIVE_CHECK,
+    ARCHIVED,
+    LEDGER_CHECK,
+    POLLED,
+    SETTLED,
+    VIDEO_CHECK,
+)
 from grsai_pipeline.defs.metadata import batch_metadata
 from grsai_pipeline.defs.partitions import BATCHES
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
@@ -30,9 +43,11 @@ from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.work import open_batches_worker
 from grsai_pipeline.errors import RunStopped, SettingsError
+from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video_in
 from grsai_pipeline.store.batches import read_batches
 from grsai_pipeline.store.db import reading
+from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 
 # How long one re-polling run works; the schedule starts the next one each minute.
 DEFAULT_BUDGET_S = 45.0
@@ -41,6 +56,8 @@ REPORT_EVERY_S = 10.0
 # A batch whose tasks only progressed is reported by one run in this many (its turn comes from
 # its id), so that a thousand open batches cost two hundred events a minute, not a thousand.
 PROGRESS_EVERY_RUNS = 5
+# With no video to copy, the archiver looks again this often.
+ARCHIVE_IDLE_S = 5.0
 
 
 class RepollConfig(dg.Config):
@@ -92,8 +109,20 @@ def repoll_open_batches_op(
         finally:
             reports.put(None)
 
+    archived: list[ArchiveReport] = []
+
+    def archive() -> None:
+        deadline = time.monotonic() + config.budget_s
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            report = archive_videos(app_db.engine(), settings, budget_s=left)
+            archived.append(report)
+            if not report.batches:
+                stop.wait(min(ARCHIVE_IDLE_S, max(0.0, deadline - time.monotonic())))
+
     engine = threading.Thread(target=work, name="repoll-engine", daemon=True)
     engine.start()
+    archiver = threading.Thread(target=archive, name="repoll-archive", daemon=True)
+    archiver.start()
     totals, reported = _Totals(), set[str]()
     try:
         while (report := reports.get()) is not None:
@@ -106,6 +135,8 @@ def repoll_open_batches_op(
     finally:
         stop.set()
         engine.join()
+        archiver.join()
+    yield from _archive_events(context, app_db, archived)
     context.log.info(
         f"followed {len(totals.batches)} batch(es): {totals.polls} polls, {totals.submits} submits"
     )
@@ -175,6 +206,31 @@ def _batch_events(
                 metadata={"problems": dg.MetadataValue.json(problems)},
                 partition=batch_id,
             )
+
+
+def _archive_events(
+    context: dg.OpExecutionContext, app_db: AppDatabase, reports: list[ArchiveReport]
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """An ``archived_videos`` materialization and check per batch whose videos were copied
+    (or found expired) by this run."""
+    touched = sorted(set().union(*(r.batches for r in reports))) if reports else []
+    if not touched:
+        return
+    _ensure_partitions(context.instance, touched)
+    states = archive_state(app_db.engine(), touched)
+    for batch_id in touched:
+        state = states[batch_id]
+        yield dg.AssetMaterialization(
+            asset_key=ARCHIVED.key,
+            partition=batch_id,
+            metadata={**archive_metadata(state), "repoll_run": context.run_id},
+        )
+        yield dg.AssetCheckEvaluation(
+            asset_key=ARCHIVED.key,
+            check_name=ARCHIVE_CHECK.name,
+            partition=batch_id,
+            **archive_check(state),
+        )
 
 
 def _ensure_partitions(instance: dg.DagsterInstance, batch_ids: list[str]) -> None:

@@ -17,16 +17,23 @@ Faults are injected on demand over HTTP: ``POST /_sim/faults`` with rules such a
 ``{"endpoint": "submit", "status": 503, "times": 2}`` (see :class:`FaultRule`).
 ``GET /_sim/stats`` tells what the simulator received; ``POST /_sim/reset`` forgets it all.
 With ``log_polls``, ``GET /_sim/polls`` lists when each task was polled (``DELETE`` clears it).
+
+A succeeded task's result URL is ``GET /_sim/videos/<id>.mp4`` on the simulator itself: an
+MP4 container of ``video_bytes`` bytes, public (no key), from the moment the task finishes
+until ``video_ttl_s`` later (then 404, as Grsai's URLs expire); faults hit it as ``"video"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
+import struct
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +42,7 @@ import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from grsai_pipeline.dev.server import BackgroundServer
@@ -83,7 +90,7 @@ class FaultRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: Literal["submit", "poll", "any"] = "any"
+    endpoint: Literal["submit", "poll", "video", "any"] = "any"
     prompt_contains: str | None = None
     status: int | None = Field(None, ge=100, le=599)
     body: str | None = None
@@ -107,6 +114,12 @@ class SimulatorConfig(BaseModel):
     seed: int | None = None
     # Keep a log of every poll (when, which task), served at GET /_sim/polls (benchmarks).
     log_polls: bool = False
+    # The videos at the result URLs (GET /_sim/videos/<id>.mp4): their size, and how long
+    # after the task finished they stay (Grsai's URLs expire after about two hours).
+    video_bytes: int = Field(64 * 1024, ge=16)
+    video_ttl_s: float | None = None
+    # A pause between 1 MiB chunks of a video: a slow CDN (tests kill a download half-way).
+    video_chunk_delay_s: float = Field(0.0, ge=0)
 
 
 @dataclass
@@ -127,6 +140,8 @@ class _State:
     faults: list[tuple[FaultRule, list[int]]] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
     submits_by_prompt: Counter[str] = field(default_factory=Counter)
+    # Per prompt, the wall-clock times a submit of it arrived (tests: "nothing sent after X").
+    submit_times: dict[str, list[float]] = field(default_factory=dict)
     # Callbacks under way; held here because the event loop keeps only weak references.
     callbacks: set[asyncio.Task[None]] = field(default_factory=set)
     # Per task id, the wall-clock times it was polled at (only with ``log_polls``).
@@ -149,6 +164,7 @@ class Simulator:
                 Route("/_sim/stats", self._stats, methods=["GET"]),
                 Route("/_sim/polls", self._polls, methods=["GET", "DELETE"]),
                 Route("/_sim/reset", self._reset, methods=["POST"]),
+                Route("/_sim/videos/{name}", self._video, methods=["GET"]),
             ]
         )
 
@@ -172,6 +188,7 @@ class Simulator:
             state.stats["bad_requests"] += 1
             return JSONResponse({"code": 400, "msg": f"bad request: {exc}"[:300]}, status_code=400)
         state.submits_by_prompt[submitted.prompt] += 1
+        state.submit_times.setdefault(submitted.prompt, []).append(time.time())
         outcome = self._outcome_for(submitted.prompt)
         if outcome == "api_error":
             state.stats["submits_rejected"] += 1
@@ -187,7 +204,8 @@ class Simulator:
         state.tasks[task.id] = task
         state.stats["submits_accepted"] += 1
         if submitted.webHook != POLLING_MODE_WEBHOOK and task.outcome != "lost":
-            callback = asyncio.create_task(self._call_back(task, submitted.webHook))
+            base_url = str(request.base_url).rstrip("/")
+            callback = asyncio.create_task(self._call_back(task, submitted.webHook, base_url))
             state.callbacks.add(callback)
             callback.add_done_callback(state.callbacks.discard)
         # Like a slow API: the task exists upstream before the late answer leaves, so a client
@@ -212,17 +230,46 @@ class Simulator:
         elapsed = time.monotonic() - task.created if task else 0.0
         if task is None or task.outcome == "lost" or elapsed < state.config.not_found_window_s:
             return JSONResponse({"code": -22, "msg": "task not found"})
-        return JSONResponse({"code": 0, "msg": "success", "data": _poll_data(task, elapsed)})
+        data = _poll_data(task, elapsed, str(request.base_url).rstrip("/"))
+        return JSONResponse({"code": 0, "msg": "success", "data": data})
+
+    async def _video(self, request: Request) -> Response:
+        """A task's video: real bytes, streamed, until its URL expires (then 404)."""
+        state = self.state
+        state.stats["video_requests"] += 1
+        task = state.tasks.get(request.path_params["name"].removesuffix(".mp4"))
+        early, late_by = await self._before_answer(request, "video", task.prompt if task else "")
+        if early is not None:
+            return early
+        await asyncio.sleep(late_by)
+        if task is None or task.outcome != "succeeded":
+            return Response(status_code=404)
+        finished = task.created + task.duration_s
+        ttl = state.config.video_ttl_s
+        if time.monotonic() < finished or (ttl is not None and time.monotonic() > finished + ttl):
+            return Response(status_code=404)
+        size, pause = state.config.video_bytes, state.config.video_chunk_delay_s
+
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in video_content(task.id, size):
+                yield chunk
+                await asyncio.sleep(pause)
+
+        return StreamingResponse(
+            body(), media_type="video/mp4", headers={"content-length": str(size)}
+        )
 
     async def _before_answer(
         self, request: Request, endpoint: str, prompt: str
     ) -> tuple[Response | None, float]:
-        """Latency, authentication and injected faults, in that order. Returns a fault's answer,
-        or None and how long to hold back the normal answer."""
+        """Latency, authentication (not of videos: their URLs are public) and injected faults,
+        in that order. Returns a fault's answer, or None and how long to hold back the normal
+        answer."""
         config = self.state.config
         await asyncio.sleep(self.state.rng.uniform(*config.latency_s))
         expected = f"Bearer {config.api_key}"
-        if config.api_key is not None and request.headers.get("authorization") != expected:
+        needs_key = config.api_key is not None and endpoint != "video"
+        if needs_key and request.headers.get("authorization") != expected:
             self.state.stats["unauthorized"] += 1
             return JSONResponse({"code": 401, "msg": "invalid api key"}, status_code=401), 0.0
         rule = self._take_fault(endpoint, prompt)
@@ -262,7 +309,7 @@ class Simulator:
         mix = self.state.config.mix
         return self.state.rng.choices(list(mix), weights=list(mix.values()))[0]
 
-    async def _call_back(self, task: _SimTask, url: str) -> None:
+    async def _call_back(self, task: _SimTask, url: str, base_url: str) -> None:
         """Post the task's progress half-way and its end to ``url``, as Grsai's webHook does."""
         stats = self.state.stats
         async with httpx.AsyncClient(timeout=10) as client:
@@ -270,7 +317,7 @@ class Simulator:
                 await asyncio.sleep(max(0.0, task.created + fraction * task.duration_s
                                         - time.monotonic()))  # fmt: skip
                 # The task as it was at that moment (asyncio may wake a little early or late).
-                data = _poll_data(task, fraction * task.duration_s)
+                data = _poll_data(task, fraction * task.duration_s, base_url)
                 body = {"code": 0, "msg": "success", "data": data}
                 try:
                     answer = await client.post(url, json=body)
@@ -328,6 +375,10 @@ class Simulator:
         self.state = _State(config=config, rng=random.Random(config.seed))
         return JSONResponse({"reset": True})
 
+    def submit_times(self) -> dict[str, list[float]]:
+        """When each prompt's submits arrived (wall clock), in arrival order."""
+        return {prompt: list(times) for prompt, times in self.state.submit_times.items()}
+
     def stats(self) -> dict[str, Any]:
         """Counters, and how many times each prompt was submitted (to count duplicates)."""
         return {
@@ -337,7 +388,20 @@ class Simulator:
         }
 
 
-def _poll_data(task: _SimTask, elapsed: float) -> dict[str, Any]:
+def video_content(task_id: str, size: int) -> Iterator[bytes]:
+    """The video of a task: an MP4 container (an ``ftyp`` box, then one ``mdat`` box) of
+    ``size`` bytes whose payload is derived from the task id, produced in 1 MiB chunks."""
+    header = struct.pack(">I4s4sI4s4s", 24, b"ftyp", b"isom", 512, b"isom", b"mp41")
+    header += struct.pack(">I4s", size - 24, b"mdat")
+    block = hashlib.sha256(task_id.encode()).digest() * (1024 * 1024 // 32)
+    yield header[:size]
+    left = size - len(header)
+    while left > 0:
+        yield block[: min(left, len(block))]
+        left -= len(block)
+
+
+def _poll_data(task: _SimTask, elapsed: float, base_url: str) -> dict[str, Any]:
     fraction = elapsed / task.duration_s if task.duration_s > 0 else 1.0
     # Input moderation answers early, before any video exists.
     if task.outcome == "input_moderation":
@@ -347,7 +411,7 @@ def _poll_data(task: _SimTask, elapsed: float) -> dict[str, Any]:
         return data | {"status": "running", "failure_reason": "", "error": ""}
     if task.outcome in ("succeeded", "no_url"):
         data |= {"status": "succeeded", "progress": 100, "failure_reason": "", "error": ""}
-        url = f"https://videos.example.com/{task.id}.mp4" if task.outcome == "succeeded" else None
+        url = f"{base_url}/_sim/videos/{task.id}.mp4" if task.outcome == "succeeded" else None
         if task.model == "sora-2":
             data["results"] = [{"url": url}] if url else []
         else:

@@ -3,7 +3,7 @@ moves an account, and the invariants that must hold after every committed transa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -92,6 +92,16 @@ class LedgerTotals:
     reserves: int = 0
     charges: int = 0
     refunds: int = 0
+
+    @classmethod
+    def of(cls, sums: Mapping[str, int]) -> LedgerTotals:
+        """From sums keyed by entry kind (a kind with no entry sums to 0)."""
+        return cls(
+            grants=sums.get(EntryKind.GRANT.value, 0),
+            reserves=sums.get(EntryKind.RESERVE.value, 0),
+            charges=sums.get(EntryKind.CHARGE.value, 0),
+            refunds=sums.get(EntryKind.REFUND.value, 0),
+        )
 
 
 def account_violations(balance: int, held: int, totals: LedgerTotals) -> list[str]:

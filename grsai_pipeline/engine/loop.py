@@ -47,6 +47,7 @@ from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.scope import Scope
 from grsai_pipeline.errors import ApiUnavailable, RateLimited, RunStopped
 from grsai_pipeline.grsai.client import GrsaiClient
+from grsai_pipeline.store.cancels import cancelled_among, sweep_cancelled
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import is_postgres, reading
 from grsai_pipeline.store.runners import Heartbeat
@@ -525,6 +526,8 @@ class Engine:
                 if batches
                 else {}
             )
+        cancelled = self._sweep_cancelled([b for b, (p, q) in waiting.items() if p + q])
+        waiting = {b: counts for b, counts in waiting.items() if b not in cancelled}
         queued = [b for b, (_, n) in waiting.items() if n]
         if queued:
             with self.db.begin() as conn:
@@ -536,6 +539,17 @@ class Engine:
             new = tasks_at_api(conn, unknown) if unknown else []
         pending = {b: p + q for b, (p, q) in waiting.items()}
         return Rescan(batches, pending, unfinished, ids, new)
+
+    def _sweep_cancelled(self, batch_ids: list[str]) -> set[str]:
+        """Of the batches with waiting tasks, those cancelled: their waiting tasks fail and
+        are refunded now, never claimed."""
+        if not batch_ids:
+            return set()
+        with reading(self.db) as conn:
+            cancelled = cancelled_among(conn, batch_ids)
+        if cancelled:
+            sweep_cancelled(self.db, sorted(cancelled), lease_s=self.settings.claim_lease_s)
+        return cancelled
 
     def _apply_rescan(self, seen: Rescan, known_before: set[str]) -> None:
         self._batches = list(seen.batches)

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
 from grsai_pipeline.errors import InvalidInput, UnknownAccount
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.ledger import ensure_account, lock_balance, write_entries
+from grsai_pipeline.store.idempotency import Answer, Keyed, once
+from grsai_pipeline.store.ledger import ensure_account, lock_balance, record_transaction
 from grsai_pipeline.store.schema import credit_accounts
 
 # Far above any real balance, and below 2**63: SQLite turns an overflowing integer into a REAL.
@@ -25,32 +26,53 @@ class Account:
     balance: int
     held: int
     updated_at: datetime
+    # True when an idempotency key replayed an earlier grant's answer (nothing written).
+    replayed: bool = False
 
 
-def grant_credits(engine: Engine, user_id: str, amount: int) -> Account:
-    """Add ``amount`` (> 0) spendable credits to the user's account, creating it if needed."""
+def grant_credits(
+    engine: Engine, user_id: str, amount: int, *, idempotency_key: str | None = None
+) -> Account:
+    """Add ``amount`` (> 0) spendable credits to the user's account, creating it if needed.
+
+    With ``idempotency_key``, a repeat of the same grant returns the account as the first one
+    left it and grants nothing; the key with another amount raises IdempotencyConflict.
+    """
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise InvalidInput("amount", f"must be a positive integer, got {amount!r}")
     if amount > MAX_BALANCE:
         raise InvalidInput("amount", f"must be at most {MAX_BALANCE}, got {amount}")
     if not user_id.strip():
         raise InvalidInput("user", "must not be empty")
-    now = utc_now()
-    with engine.begin() as conn:
+    keyed = None
+    if idempotency_key is not None:
+        keyed = Keyed.of(user_id, idempotency_key, "credits_grant", {"amount": amount})
+
+    def grant(conn: Connection) -> Answer:
+        now = utc_now()
         ensure_account(conn, user_id, now)
         if (lock_balance(conn, user_id) or 0) + amount > MAX_BALANCE:
             raise InvalidInput("amount", f"would take the balance over {MAX_BALANCE} credits")
-        write_entries(
+        record_transaction(
             conn, [LedgerEntry(user_id=user_id, kind=EntryKind.GRANT, amount=amount)], now
         )
-    return get_account(engine, user_id)
+        account = _read_account(conn, user_id)
+        return {"balance": account.balance, "held": account.held, "at": now.isoformat()}
+
+    answer, replayed = once(engine, keyed, grant)
+    at = datetime.fromisoformat(answer["at"])
+    return Account(user_id, answer["balance"], answer["held"], at, replayed)
 
 
 def get_account(engine: Engine, user_id: str) -> Account:
     with reading(engine) as conn:
-        row = conn.execute(
-            sa.select(credit_accounts).where(credit_accounts.c.user_id == user_id)
-        ).one_or_none()
+        return _read_account(conn, user_id)
+
+
+def _read_account(conn: Connection, user_id: str) -> Account:
+    row = conn.execute(
+        sa.select(credit_accounts).where(credit_accounts.c.user_id == user_id)
+    ).one_or_none()
     if row is None:
         raise UnknownAccount(user_id)
     return Account(

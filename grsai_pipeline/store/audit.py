@@ -1,20 +1,26 @@
-"""Read-only checks behind the Dagster asset checks: does the money add up, does every
-succeeded task carry its video."""
+"""Read-only checks behind the Dagster asset checks and ``db verify``: does the money add up,
+does every succeeded task carry its video."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from grsai_pipeline.domain.ledger import account_violations, settled_batch_violations
+from grsai_pipeline.domain.ledger import (
+    LedgerTotals,
+    account_violations,
+    settled_batch_violations,
+)
 from grsai_pipeline.domain.states import BatchStatus, TaskStatus
 from grsai_pipeline.errors import UnknownBatch
 from grsai_pipeline.store.batches import count_unfinished
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.ledger import ledger_totals
-from grsai_pipeline.store.schema import batch_jobs, credit_accounts, video_tasks
+from grsai_pipeline.store.schema import batch_jobs, credit_accounts, credit_ledger, video_tasks
+from grsai_pipeline.store.tasks import unfinished_per_batch
 
 
 def ledger_problems(engine: Engine, batch_id: str) -> list[str]:
@@ -67,3 +73,42 @@ def succeeded_without_video_in(engine: Engine, batch_ids: Sequence[str]) -> dict
         for batch_id, index in conn.execute(query):
             missing[batch_id].append(index)
     return missing
+
+
+def verify_ledger(engine: Engine) -> list[str]:
+    """Every account's ``balance``/``held`` and every batch's credit columns recomputed from the
+    ledger, and every settled batch's invariants of SPEC 1: each difference as a sentence."""
+    problems: list[str] = []
+    with reading(engine) as conn:
+        per_user = _totals_by(conn, credit_ledger.c.user_id)
+        for account in conn.execute(sa.select(credit_accounts).order_by(credit_accounts.c.user_id)):
+            totals = per_user.get(account.user_id, LedgerTotals())
+            problems += [
+                f"account {account.user_id}: {p}"
+                for p in account_violations(account.balance, account.held, totals)
+            ]
+        per_batch = _totals_by(conn, credit_ledger.c.batch_job_id)
+        unfinished = unfinished_per_batch(conn, None)
+        for batch in conn.execute(sa.select(batch_jobs).order_by(batch_jobs.c.created_at)):
+            totals = per_batch.get(batch.id, LedgerTotals())
+            columns = (batch.reserved_credits, batch.charged_credits, batch.refunded_credits)
+            if batch.status == BatchStatus.SETTLED:
+                found = settled_batch_violations(*columns, totals, unfinished.get(batch.id, 0))
+            elif columns != (totals.reserves, totals.charges, totals.refunds):
+                found = [
+                    f"batch columns {columns} != ledger sums "
+                    f"({totals.reserves}, {totals.charges}, {totals.refunds})"
+                ]
+            else:
+                found = []
+            problems += [f"batch {batch.id}: {p}" for p in found]
+    return problems
+
+
+def _totals_by(conn: Connection, key: sa.ColumnElement[Any]) -> dict[str, LedgerTotals]:
+    entry = credit_ledger.c
+    sums: dict[str, dict[str, int]] = {}
+    query = sa.select(key, entry.kind, sa.func.sum(entry.amount)).where(key.is_not(None))
+    for owner, kind, total in conn.execute(query.group_by(key, entry.kind)):
+        sums.setdefault(owner, {})[kind] = int(total)
+    return {owner: LedgerTotals.of(kinds) for owner, kinds in sums.items()}

@@ -25,7 +25,8 @@ from grsai_pipeline.domain.tasks import TaskSpec, validate_task
 from grsai_pipeline.errors import InsufficientCredits, InvalidInput, InvalidTask, UnknownBatch
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.ledger import ensure_account, lock_balance, write_entries
+from grsai_pipeline.store.idempotency import Answer, Keyed, once
+from grsai_pipeline.store.ledger import ensure_account, lock_balance, record_transaction
 from grsai_pipeline.store.schema import batch_jobs, video_tasks
 
 TASK_STATUSES = tuple(s.value for s in TaskStatus)
@@ -37,20 +38,32 @@ class NewBatch:
     total_tasks: int
     invalid_tasks: int
     reserved_credits: int
+    # True when an idempotency key replayed an earlier request's answer (nothing written).
+    replayed: bool = False
 
 
 def create_batch(
-    engine: Engine, user_id: str, tasks: Sequence[object], prices: PriceTable
+    engine: Engine,
+    user_id: str,
+    tasks: Sequence[object],
+    prices: PriceTable,
+    *,
+    idempotency_key: str | None = None,
 ) -> NewBatch:
     """Write a batch, its tasks and one ``reserve`` per valid task, all or nothing.
 
     Invalid tasks are stored at once as ``failed`` with price 0 and reserve nothing. If the
     balance cannot cover the valid tasks, nothing is written and InsufficientCredits is raised.
+    With ``idempotency_key``, a repeat of the same request returns the first batch and writes
+    nothing; the key with other tasks raises IdempotencyConflict.
     """
     if not tasks:
         raise InvalidInput("tasks", "must hold at least one task")
     if not user_id.strip():
         raise InvalidInput("user", "must not be empty")
+    keyed = None
+    if idempotency_key is not None:
+        keyed = Keyed.of(user_id, idempotency_key, "batch_create", {"tasks": list(tasks)})
     now = utc_now()
     batch_id = str(uuid.uuid4())
     rows, entries = [], []
@@ -78,7 +91,9 @@ def create_batch(
             updated_at=now,
         )
     needed = sum(e.amount for e in entries)
-    with engine.begin() as conn:
+    invalid = sum(1 for r in rows if r["status"] == TaskStatus.FAILED)
+
+    def create(conn: Connection) -> Answer:
         ensure_account(conn, user_id, now)
         balance = lock_balance(conn, user_id) or 0
         if balance < needed:
@@ -97,9 +112,16 @@ def create_batch(
             )
         )
         conn.execute(video_tasks.insert(), rows)
-        write_entries(conn, entries, now)
-    invalid = sum(1 for r in rows if r["status"] == TaskStatus.FAILED)
-    return NewBatch(batch_id, len(rows), invalid, needed)
+        record_transaction(conn, entries, now)
+        return {
+            "batch_id": batch_id,
+            "total_tasks": len(rows),
+            "invalid_tasks": invalid,
+            "reserved_credits": needed,
+        }
+
+    answer, replayed = once(engine, keyed, create)
+    return NewBatch(**answer, replayed=replayed)
 
 
 def _valid_task_row(spec: TaskSpec, price: int) -> dict[str, Any]:
@@ -165,6 +187,12 @@ class TaskView:
     price: int
     grsai_task_id: str | None
     possible_duplicates: int
+    # The archived copy of the video (SPEC 8), once made.
+    archived_url: str | None
+    archived_at: datetime | None
+    video_bytes: int | None
+    video_sha256: str | None
+    archive_error: str | None
 
 
 @dataclass(frozen=True)
@@ -180,6 +208,7 @@ class BatchView:
     refunded_credits: int
     created_at: datetime
     settled_at: datetime | None
+    cancelled_at: datetime | None
     error_message: str | None
     progress_percent: float
     # Submits that may have reached the API twice (see store/claims.py); 0 in a quiet life.
@@ -234,6 +263,11 @@ def read_batch(
             video_tasks.c.price,
             video_tasks.c.grsai_task_id,
             video_tasks.c.possible_duplicates,
+            video_tasks.c.archived_url,
+            video_tasks.c.archived_at,
+            video_tasks.c.video_bytes,
+            video_tasks.c.video_sha256,
+            video_tasks.c.archive_error,
         )
         .where(video_tasks.c.batch_job_id == batch_id)
         .order_by(video_tasks.c.batch_index)
@@ -286,6 +320,7 @@ def _read_chunk(conn: Connection, batch_ids: list[str]) -> dict[str, BatchView]:
             refunded_credits=batch.refunded_credits,
             created_at=batch.created_at,
             settled_at=batch.settled_at,
+            cancelled_at=batch.cancelled_at,
             error_message=batch.error_message,
             progress_percent=round(percent[batch.id] / total, 1) if total else 100.0,
             possible_duplicates=duplicates[batch.id],
@@ -338,3 +373,23 @@ def open_batch_ids(conn: Connection) -> list[str]:
         .order_by(batch_jobs.c.created_at, batch_jobs.c.id)
     )
     return list(conn.scalars(query))
+
+
+def list_batches(
+    engine: Engine,
+    *,
+    status: str | None = None,
+    user_id: str | None = None,
+    limit: int = 50,
+) -> list[BatchView]:
+    """The newest ``limit`` batches (of a status, of a user), newest first, with their counts."""
+    b = batch_jobs.c
+    query = sa.select(b.id).order_by(b.created_at.desc(), b.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(b.status == status)
+    if user_id is not None:
+        query = query.where(b.user_id == user_id)
+    with reading(engine) as conn:
+        ids = list(conn.scalars(query))
+        views = read_batches(conn, ids)
+    return [views[batch_id] for batch_id in ids]

@@ -1,5 +1,6 @@
-"""The one place where money moves: ledger entries, and the account balances and batch money
-columns they imply (nothing else writes ``balance``, ``held`` or a batch's credit columns).
+"""The journal: the one place where money moves. :func:`record_transaction` appends the entries
+of one money movement under one ``transaction_id`` and moves the account balances and batch
+money columns they imply (nothing else writes ``balance``, ``held`` or a batch's credit columns).
 
 Every caller passes an open transaction; entries and the columns they move commit or roll
 back together. The unique keys and CHECK constraints of the schema are the last word: a second
@@ -8,6 +9,7 @@ close of a reservation, or a balance below zero, makes the whole transaction fai
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,10 +55,14 @@ def lock_balance(conn: Connection, user_id: str) -> int | None:
     return conn.execute(query).scalar_one_or_none()
 
 
-def write_entries(conn: Connection, entries: Sequence[LedgerEntry], now: datetime) -> None:
-    """Append ``entries`` and move each account accordingly, in the caller's transaction."""
+def record_transaction(
+    conn: Connection, entries: Sequence[LedgerEntry], now: datetime
+) -> str | None:
+    """Append ``entries`` as one journal transaction and move each account and batch
+    accordingly, in the caller's transaction; returns the ``transaction_id`` (None: no entry)."""
     if not entries:
-        return
+        return None
+    transaction_id = str(uuid.uuid4())
     conn.execute(
         credit_ledger.insert(),
         [
@@ -67,6 +73,7 @@ def write_entries(conn: Connection, entries: Sequence[LedgerEntry], now: datetim
                 "kind": e.kind.value,
                 "amount": e.amount,
                 "reservation": e.reservation,
+                "transaction_id": transaction_id,
                 "created_at": now,
             }
             for e in entries
@@ -91,6 +98,7 @@ def write_entries(conn: Connection, entries: Sequence[LedgerEntry], now: datetim
                 updated_at=now,
             )
         )
+    return transaction_id
 
 
 def _move_account(conn: Connection, user_id: str, change: AccountChange, now: datetime) -> None:
@@ -183,17 +191,13 @@ def ledger_totals(
     if user_id is not None:
         query = query.where(credit_ledger.c.user_id == user_id)
     sums = {kind: int(total) for kind, total in conn.execute(query.group_by(credit_ledger.c.kind))}
-    return LedgerTotals(
-        grants=sums.get(EntryKind.GRANT.value, 0),
-        reserves=sums.get(EntryKind.RESERVE.value, 0),
-        charges=sums.get(EntryKind.CHARGE.value, 0),
-        refunds=sums.get(EntryKind.REFUND.value, 0),
-    )
+    return LedgerTotals.of(sums)
 
 
 @dataclass(frozen=True)
 class LedgerRow:
     id: int
+    transaction_id: str
     user_id: str
     batch_job_id: str | None
     video_task_id: str | None
@@ -204,11 +208,13 @@ class LedgerRow:
     created_at: datetime
 
 
-def list_entries(conn: Connection, *, user_id: str) -> list[LedgerRow]:
-    """The account's ledger, oldest first, with each task's place in its batch."""
+def list_entries(conn: Connection, *, user_id: str, batch_id: str | None = None) -> list[LedgerRow]:
+    """The account's ledger (one batch's part of it, when given), oldest first, with each
+    task's place in its batch."""
     query = (
         sa.select(
             credit_ledger.c.id,
+            credit_ledger.c.transaction_id,
             credit_ledger.c.user_id,
             credit_ledger.c.batch_job_id,
             credit_ledger.c.video_task_id,
@@ -222,4 +228,6 @@ def list_entries(conn: Connection, *, user_id: str) -> list[LedgerRow]:
         .where(credit_ledger.c.user_id == user_id)
         .order_by(credit_ledger.c.id)
     )
+    if batch_id is not None:
+        query = query.where(credit_ledger.c.batch_job_id == batch_id)
     return [LedgerRow(**row._mapping) for row in conn.execute(query)]

@@ -3,7 +3,8 @@
 Each failed task whose failure may be retried (``BACKFILL_RETRYABLE``) gets a new reservation
 (reserve again, ``reservation`` + 1), goes back to ``pending`` with a fresh attempt budget, and
 the batch goes back to ``running`` until it settles again. A task whose price the balance
-cannot cover stays failed and says so; a later run retries it once credits are granted.
+cannot cover stays failed and says so; a later run retries it once credits are granted. A
+cancelled batch is never retried.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from grsai_pipeline.domain.lifecycle import (
 from grsai_pipeline.domain.states import BACKFILL_RETRYABLE, BatchStatus, RetryPolicy, TaskStatus
 from grsai_pipeline.store.batches import lock_batch
 from grsai_pipeline.store.columns import utc_now
-from grsai_pipeline.store.ledger import lock_balance, next_reservation_numbers, write_entries
+from grsai_pipeline.store.ledger import lock_balance, next_reservation_numbers, record_transaction
 from grsai_pipeline.store.schema import batch_jobs, video_tasks
 from grsai_pipeline.store.tasks import apply_transitions
 
@@ -47,8 +48,8 @@ def retry_failed_tasks(engine: Engine, batch_id: str) -> RetryStart:
     policy = RetryPolicy()
     with engine.begin() as conn:
         batch = lock_batch(conn, batch_id)
-        if batch.status != BatchStatus.SETTLED:
-            return RetryStart()
+        if batch.status != BatchStatus.SETTLED or batch.cancelled_at is not None:
+            return RetryStart()  # a cancelled batch is never submitted again
         failed = conn.execute(
             sa.select(t.id, t.batch_index, t.price, t.error_message)
             .where(
@@ -92,7 +93,7 @@ def retry_failed_tasks(engine: Engine, batch_id: str) -> RetryStart:
         apply_transitions(conn, [tr for tr in transitions if tr], runner_id=None, now=now)
         retried = len(failed) - short
         if retried:
-            write_entries(conn, entries, now)
+            record_transaction(conn, entries, now)
             conn.execute(
                 batch_jobs.update()
                 .where(batch_jobs.c.id == batch_id)

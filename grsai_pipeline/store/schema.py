@@ -4,6 +4,7 @@ What makes "exactly once" true is here, in the database, not only in code:
 
 - ``uq_credit_ledger_reserve``: one ``reserve`` per (task, reservation);
 - ``uq_credit_ledger_close``: at most one ``charge`` or ``refund`` per (task, reservation);
+- ``pk_idempotency_keys``: one answer per (user, idempotency key);
 - CHECK constraints keep ``balance`` and ``held`` at or above zero and amounts positive;
 - triggers (in the migrations) refuse UPDATE and DELETE on ``credit_ledger``.
 """
@@ -52,6 +53,8 @@ batch_jobs = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("settled_at", UtcDateTime, nullable=True),
     sa.Column("error_message", sa.Text, nullable=True),
+    # Ours: when the batch was cancelled; nothing of it is submitted after this.
+    sa.Column("cancelled_at", UtcDateTime, nullable=True),
     sa.CheckConstraint("status IN ('pending', 'running', 'settled')", name="status_known"),
 )
 
@@ -84,6 +87,14 @@ video_tasks = sa.Table(
     sa.Column("claimed_by", sa.String(64), nullable=True),
     sa.Column("claimed_at", UtcDateTime, nullable=True),
     sa.Column("possible_duplicates", sa.Integer, nullable=False, server_default="0"),
+    # The archived copy of the video (SPEC 8): ``video_url`` expires about two hours after the
+    # task finishes. ``archive_error`` is ours: why the last copy failed (``EXPIRED: ...`` for a
+    # URL that no longer serves the video; those are not tried again).
+    sa.Column("archived_url", sa.Text, nullable=True),
+    sa.Column("archived_at", UtcDateTime, nullable=True),
+    sa.Column("video_bytes", sa.BigInteger, nullable=True),
+    sa.Column("video_sha256", sa.String(64), nullable=True),
+    sa.Column("archive_error", sa.Text, nullable=True),
     sa.UniqueConstraint("batch_job_id", "batch_index", name="uq_video_tasks_batch_index"),
     sa.CheckConstraint(
         "status IN ('pending', 'queued', 'processing', 'succeeded', 'failed')", name="status_known"
@@ -93,6 +104,13 @@ video_tasks = sa.Table(
     sa.Index("ix_video_tasks_status_batch", "status", "batch_job_id"),
     # Claims walk one batch's waiting tasks in order: a range scan, never a sort of the batch.
     sa.Index("ix_video_tasks_batch_status_index", "batch_job_id", "status", "batch_index"),
+    # The archiver's question, "which succeeded videos are not copied yet", without a scan.
+    sa.Index(
+        "ix_video_tasks_unarchived",
+        "updated_at",
+        sqlite_where=sa.text("status = 'succeeded' AND archived_url IS NULL"),
+        postgresql_where=sa.text("status = 'succeeded' AND archived_url IS NULL"),
+    ),
 )
 
 # Who is working: every engine registers here and renews its heartbeat; a claim whose runner's
@@ -109,6 +127,19 @@ pipeline_runners = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
 )
 
+# A retried request (``batch create``, ``credits grant``) with the same key replays ``response``;
+# the row is written in the transaction that did the work, and its key makes that happen once.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("idempotency_key", sa.Text, primary_key=True),
+    sa.Column("request", sa.String(32), nullable=False),
+    sa.Column("request_sha256", sa.String(64), nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
 credit_ledger = sa.Table(
     "credit_ledger",
     metadata,
@@ -119,6 +150,8 @@ credit_ledger = sa.Table(
     sa.Column("kind", sa.String(8), nullable=False),
     sa.Column("amount", sa.BigInteger, nullable=False),
     sa.Column("reservation", sa.Integer, nullable=True),
+    # The journal: every entry one money movement wrote carries that movement's id.
+    sa.Column("transaction_id", sa.String(64), nullable=False, index=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.CheckConstraint("kind IN ('grant', 'reserve', 'charge', 'refund')", name="kind_known"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),

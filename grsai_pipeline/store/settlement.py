@@ -10,7 +10,7 @@ from grsai_pipeline.domain.ledger import closing_entry
 from grsai_pipeline.domain.states import BatchStatus
 from grsai_pipeline.store.batches import count_unfinished, lock_batch
 from grsai_pipeline.store.columns import utc_now
-from grsai_pipeline.store.ledger import open_reservations, write_entries
+from grsai_pipeline.store.ledger import open_reservations, record_transaction
 from grsai_pipeline.store.schema import batch_jobs
 
 
@@ -63,7 +63,7 @@ def settle_batch(engine: Engine, batch_id: str) -> Settlement:
                 batch.charged_credits,
                 batch.refunded_credits,
             )
-        write_entries(conn, entries, now)
+        record_transaction(conn, entries, now)
         settled = conn.execute(
             batch_jobs.update()
             .where(batch_jobs.c.id == batch_id)

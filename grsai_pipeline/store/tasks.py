@@ -85,6 +85,10 @@ _CLAIMABLE = (
     .where(
         t.batch_job_id == sa.bindparam("batch_id"),
         t.status == TaskStatus.PENDING.value,
+        # A cancelled batch is never submitted again (store/cancels.py).
+        ~sa.exists().where(
+            batch_jobs.c.id == sa.bindparam("batch_id"), batch_jobs.c.cancelled_at.is_not(None)
+        ),
         sa.or_(
             t.claimed_by.is_(None),
             t.claimed_by.not_in(

@@ -101,7 +101,7 @@ def test_run_until_settled_charges_successes_refunds_failures_and_shows_in_dagst
     succeeded = [t for t in tasks if t["status"] == "succeeded"]
     moderated = tasks[3:5]
     invalid = tasks[5]
-    assert all(t["video_url"].startswith("https://") for t in succeeded)
+    assert all(t["video_url"].startswith("http") for t in succeeded)
     assert "input_moderation" in moderated[0]["error_message"]
     assert "output_moderation" in moderated[1]["error_message"]
     assert invalid["error_message"].startswith("INVALID_INPUT:")

@@ -20,18 +20,26 @@ def test_assets_form_the_documented_chain_partitioned_by_batches() -> None:
     assert set(keys) <= set(graph.get_all_asset_keys())
     for upstream, downstream in itertools.pairwise(keys):
         assert graph.get(downstream).parent_keys == {upstream}
-    for key in keys:
+    archived = dg.AssetKey("archived_videos")
+    assert graph.get(archived).parent_keys == {dg.AssetKey("polled_results")}
+    for key in [*keys, archived]:
         partitions = graph.get(key).partitions_def
         assert isinstance(partitions, dg.DynamicPartitionsDefinition)
         assert partitions.name == "batches"
 
 
-def test_job_runs_all_four_assets_in_one_step_in_one_process() -> None:
+def test_job_runs_all_five_assets_in_one_step_in_one_process() -> None:
     job = defs.resolve_job_def("batch_pipeline")
     assert job.executor_def.name == dg.in_process_executor.name
     assert [node.name for node in job.graph.node_defs] == ["batch_lifecycle"]
     produced = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
-    assert produced == {"pending_tasks", "submitted_tasks", "polled_results", "settled_ledger"}
+    assert produced == {
+        "pending_tasks",
+        "submitted_tasks",
+        "polled_results",
+        "settled_ledger",
+        "archived_videos",
+    }
 
 
 def test_sensor_and_schedule_run_by_default() -> None:

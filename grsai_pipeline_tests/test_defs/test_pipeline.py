@@ -72,6 +72,7 @@ def test_mixed_batch_settles_with_one_charge_or_refund_per_reservation(
     assert check_results(result) == {
         "succeeded_tasks_have_video_url": True,
         "ledger_balances": True,
+        "videos_archived_in_time": True,
     }
 
 
@@ -88,7 +89,14 @@ def test_every_asset_materializes_with_metadata_for_the_ui(
 ) -> None:
     batch_id = new_batch(engine, MIXED)
     found = materializations(run_batch(instance, batch_id))
-    assert set(found) == {"pending_tasks", "submitted_tasks", "polled_results", "settled_ledger"}
+    assert set(found) == {
+        "pending_tasks",
+        "submitted_tasks",
+        "polled_results",
+        "settled_ledger",
+        "archived_videos",
+    }
+    assert found["archived_videos"]["videos_archived"] == 4
     settled = found["settled_ledger"]
     assert settled["tasks_succeeded"] == 4 and settled["tasks_failed"] == 6
     assert settled["credits_reserved"] == settled["credits_charged"] + settled["credits_refunded"]
@@ -150,7 +158,8 @@ def test_a_row_from_another_writer_is_validated_again_and_refunded(
         conn.execute(
             sa.text(
                 "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind, amount,"
-                " reservation, created_at) VALUES ('alice', :b, :t, 'reserve', 10, 1, :now)"
+                " reservation, transaction_id, created_at)"
+                " VALUES ('alice', :b, :t, 'reserve', 10, 1, 'web-app-1', :now)"
             ),
             {"t": task_id, "b": batch_id, "now": datetime.now(UTC)},
         )

@@ -193,10 +193,10 @@ def reserve_as_other_writer(
         conn.execute(
             sa.text(
                 "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind, amount,"
-                " reservation, created_at)"
-                " VALUES (:u, :b, :t, 'reserve', :a, 1, CURRENT_TIMESTAMP)"
+                " reservation, transaction_id, created_at)"
+                " VALUES (:u, :b, :t, 'reserve', :a, 1, :tx, CURRENT_TIMESTAMP)"
             ),
-            {"u": user_id, "b": batch_id, "t": task_id, "a": amount},
+            {"u": user_id, "b": batch_id, "t": task_id, "a": amount, "tx": f"web-{uuid.uuid4()}"},
         )
         conn.execute(
             sa.text(

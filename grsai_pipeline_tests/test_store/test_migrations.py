@@ -94,11 +94,16 @@ def test_db_init_upgrades_the_first_schema_in_place(first_version_url, monkeypat
         kept = [{k: row[k] for k in old_rows[0]} for row in after[table]]
         assert kept == old_rows, table
     assert [t["possible_duplicates"] for t in after["video_tasks"]] == [0, 0]
+    # Older entries written at one instant by one user are one journal transaction.
+    assert {e["transaction_id"] for e in after["credit_ledger"]} == {"legacy-1"}
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), engine.begin() as conn:
+        conn.execute(sa.text("UPDATE credit_ledger SET amount = 1"))
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(
             sa.text(
                 "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind, amount,"
-                " reservation, created_at) VALUES ('olga', 'b-1', 't-0', 'charge', 10, NULL, :n)"
+                " reservation, transaction_id, created_at)"
+                " VALUES ('olga', 'b-1', 't-0', 'charge', 10, NULL, 'tx', :n)"
             ),
             {"n": NOW},
         )

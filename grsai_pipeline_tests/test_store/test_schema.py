@@ -16,7 +16,7 @@ from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
 from grsai_pipeline.store.accounts import grant_credits
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import create_app_engine
-from grsai_pipeline.store.ledger import write_entries
+from grsai_pipeline.store.ledger import record_transaction
 from grsai_pipeline.store.migrate import (
     HEAD_REVISION,
     VERSION_TABLE,
@@ -61,9 +61,9 @@ def _insert_entry(engine: sa.Engine, **values: Any) -> None:
     execute(
         engine,
         "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind, amount,"
-        " reservation, created_at)"
+        " reservation, transaction_id, created_at)"
         " VALUES (:user_id, :batch_job_id, :video_task_id, :kind, :amount, :reservation,"
-        " CURRENT_TIMESTAMP)",
+        " 'by-hand', CURRENT_TIMESTAMP)",
         **entry,
     )
 
@@ -235,8 +235,8 @@ def test_an_unnumbered_reserve_from_another_writer_is_never_refunded_twice(
             conn.execute(
                 sa.text(
                     "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind,"
-                    " amount, reservation, created_at)"
-                    " VALUES ('alice', :b, :t, 'reserve', 10, NULL, CURRENT_TIMESTAMP)"
+                    " amount, reservation, transaction_id, created_at)"
+                    " VALUES ('alice', :b, :t, 'reserve', 10, NULL, 'by-hand', CURRENT_TIMESTAMP)"
                 ),
                 {"b": batch_id, "t": task_id},
             )
@@ -316,7 +316,7 @@ def test_a_reserve_larger_than_the_balance_fails_the_whole_write(
 
     # The CHECK on the account refuses the overdraft; the entries written before it roll back.
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-        write_entries(conn, entries, utc_now())
+        record_transaction(conn, entries, utc_now())
 
     assert table_snapshot(engine) == before
 

@@ -210,7 +210,8 @@ def test_a_reservation_another_writer_made_is_counted_on_the_settled_batch(
     execute(
         engine,
         "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind, amount,"
-        " reservation, created_at) VALUES ('alice', :b, :t, 'reserve', 15, 1, CURRENT_TIMESTAMP)",
+        " reservation, transaction_id, created_at)"
+        " VALUES ('alice', :b, :t, 'reserve', 15, 1, 'web-app-1', CURRENT_TIMESTAMP)",
         b=batch_id,
         t=added,
     )

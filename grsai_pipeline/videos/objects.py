@@ -1,0 +1,94 @@
+"""The store of archived videos: any fsspec URL (a local folder by default, ``s3://`` through
+s3fs in production), one object per task, named by its batch and task ids.
+
+An object appears under its final name whole or not at all: it is written under a temporary
+name next to it and moved into place once complete (a rename on a local disk; on an object
+store, the move happens only after the upload finished). A kill mid-write leaves at most a
+``.partial-*`` object, which the next copy of that video removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from grsai_pipeline.errors import SettingsError
+
+PARTIAL = ".partial-"
+
+
+@dataclass(frozen=True)
+class StoredVideo:
+    url: str
+    size: int
+    sha256: str
+
+
+class VideoStore:
+    """Where archived videos go: ``url`` is ``GRSAI_ARCHIVE_URL``."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise SettingsError(
+                f"invalid setting GRSAI_ARCHIVE_URL: {exc}", "GRSAI_ARCHIVE_URL"
+            ) from None
+        self.url = url
+        self.root = root.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path_of(self, batch_id: str, task_id: str) -> str:
+        return f"{self.root}/{batch_id}/{task_id}.mp4"
+
+    def url_of(self, path: str) -> str:
+        """The object's address as a person or another fsspec client uses it."""
+        return str(self.fs.unstrip_protocol(path))
+
+    def put(self, batch_id: str, task_id: str, chunks: Iterable[bytes]) -> StoredVideo:
+        """Write the chunks as the task's video, counting and hashing them on the way."""
+        final = self.path_of(batch_id, task_id)
+        self._remove_partials(final)
+        if self.is_local:
+            self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        temporary = f"{final}{PARTIAL}{uuid.uuid4().hex}"
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self.fs.open(temporary, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            self.fs.mv(temporary, final)
+        except BaseException:
+            self._remove(temporary)
+            raise
+        return StoredVideo(self.url_of(final), size, digest.hexdigest())
+
+    def read(self, url: str) -> bytes:
+        """An archived video's bytes (tests and checks; never on the hot path)."""
+        with fsspec.open(url, "rb") as f:
+            return bytes(f.read())
+
+    def listing(self) -> list[str]:
+        """Every object under the root, as paths."""
+        if not self.fs.exists(self.root):
+            return []
+        return sorted(str(p) for p in self.fs.find(self.root))
+
+    def _remove_partials(self, final: str) -> None:
+        for path in self.fs.glob(f"{final}{PARTIAL}*"):
+            self._remove(str(path))
+
+    def _remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path)
