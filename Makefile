@@ -31,10 +31,10 @@ bench: $(BIN)/grsai-pipeline
 	$(BIN)/python benchmarks/sensor_tick.py
 	$(BIN)/python benchmarks/throughput.py
 
-# The Dagster UI on a local SQLite instance kept in ./dagster_home.
+# The Dagster UI on a local SQLite instance kept in ./dagster_home (or $DAGSTER_HOME); with
+# no GRSAI_API_KEY it starts the simulator and points the settings at it (scripts/dev.sh).
 dev: $(BIN)/grsai-pipeline
-	mkdir -p dagster_home
-	DAGSTER_HOME=$(CURDIR)/dagster_home $(BIN)/dagster dev -w workspace.yaml
+	BIN=$(BIN) bash scripts/dev.sh
 
 constraints: $(BIN)/grsai-pipeline
 	{ echo "# Versions the test suite was last run green with (pip install -c constraints.txt ...)."; \

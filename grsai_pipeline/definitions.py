@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from grsai_pipeline.defs.assets import BATCH_ASSETS
+from grsai_pipeline.defs.creation import create_batch
 from grsai_pipeline.defs.jobs import batch_pipeline
 from grsai_pipeline.defs.repolling import repoll_open_batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
@@ -13,8 +14,11 @@ from grsai_pipeline.defs.sensors import new_batches_sensor
 
 defs = dg.Definitions(
     assets=BATCH_ASSETS,
-    jobs=[batch_pipeline, repoll_open_batches],
+    jobs=[batch_pipeline, repoll_open_batches, create_batch],
     sensors=[new_batches_sensor],
     schedules=[repoll_processing_schedule],
     resources={"app_db": AppDatabase(), "grsai": GrsaiApi()},
+    # "Materialize" in the UI runs the implicit asset job: in one process too, like
+    # batch_pipeline (one step per run; a subprocess per step costs seconds for nothing).
+    executor=dg.in_process_executor,
 )

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from sqlalchemy.exc import IntegrityError
 
 from grsai_pipeline.cli import context, process
 from grsai_pipeline.cli.progress import batch_progress
@@ -23,7 +22,7 @@ from grsai_pipeline.config import Settings
 from grsai_pipeline.definitions import defs
 from grsai_pipeline.defs.assets import BATCH_STEP, FollowConfig
 from grsai_pipeline.defs.jobs import batch_pipeline
-from grsai_pipeline.defs.partitions import BATCHES
+from grsai_pipeline.defs.partitions import ensure_partition
 from grsai_pipeline.defs.runs import batch_run_tags
 from grsai_pipeline.domain.states import BatchStatus
 from grsai_pipeline.errors import RunFailed, SettingsError
@@ -108,17 +107,6 @@ def run_batch(
         raise_on_error=False,
     )
     return RunResult(result.run_id, result.success, None if result.success else _failure(result))
-
-
-def ensure_partition(instance: dg.DagsterInstance, batch_id: str) -> None:
-    """Add the batch's partition unless it exists; another runner may add it at the same time."""
-    if instance.has_dynamic_partition(BATCHES, batch_id):
-        return
-    try:
-        instance.add_dynamic_partitions(BATCHES, [batch_id])
-    except IntegrityError:
-        if not instance.has_dynamic_partition(BATCHES, batch_id):
-            raise
 
 
 def _failure(result: dg.ExecuteInProcessResult) -> str:

@@ -125,9 +125,10 @@ def demo(workdir: Path | None) -> None:
         "in video_tasks)"
     )
     click.echo(
-        f"\nDemo data kept in {workdir}. Browse the runs with:\n"
+        f"\nDemo data kept in {workdir}. Browse it in the Dagster UI (from this repository;\n"
+        "make dev starts a simulator for the runs you launch there):\n"
         f"  DAGSTER_HOME={dagster_home} GRSAI_DATABASE_URL={settings.database_url} "
-        "dagster dev -w workspace.yaml"
+        f"GRSAI_ARCHIVE_URL={settings.archive_url} make dev"
     )
 
 

@@ -16,15 +16,31 @@ from typing import Any
 import dagster as dg
 
 from grsai_pipeline.defs.archiving import archive_check, archive_metadata
-from grsai_pipeline.defs.metadata import batch_metadata, engine_metadata
+from grsai_pipeline.defs.checks import (
+    LEDGER_CHECK,
+    TASKS_CHECK,
+    VIDEO_CHECK,
+    ledger_check,
+    tasks_check,
+    video_check,
+)
+from grsai_pipeline.defs.metadata import (
+    PREVIEW_ROWS,
+    batch_metadata,
+    engine_metadata,
+    video_links,
+)
 from grsai_pipeline.defs.partitions import batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
+from grsai_pipeline.defs.runs import NO_RETRY_TAGS, missing_batch_tags
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.errors import RunStopped, SettingsError, UnknownBatch
 from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
-from grsai_pipeline.store.batches import get_batch
+from grsai_pipeline.store.batches import BatchView, get_batch, read_batch
+from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.outcomes import BatchOutcomes, batch_outcomes
 from grsai_pipeline.store.retries import retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.videos.archiver import archive_videos
@@ -72,15 +88,12 @@ ARCHIVED = dg.AssetSpec(
     description="Every succeeded video copied from its expiring URL to GRSAI_ARCHIVE_URL "
     "(a local folder by default; s3://bucket/prefix in production), streamed and whole.",
 )
-VIDEO_CHECK = dg.AssetCheckSpec("succeeded_tasks_have_video_url", asset=POLLED.key)
 ARCHIVE_CHECK = dg.AssetCheckSpec(
     "videos_archived_in_time",
     asset=ARCHIVED.key,
     description="Fails when a succeeded video's URL expired before it was archived: the user "
     "paid for a video we no longer have (each lost task is named).",
 )
-
-LEDGER_CHECK = dg.AssetCheckSpec("ledger_balances", asset=SETTLED.key)
 
 
 class FollowConfig(dg.Config):
@@ -89,25 +102,40 @@ class FollowConfig(dg.Config):
     budget_s: float | None = None
 
 
-def _batch_id(context: dg.AssetExecutionContext, app_db: AppDatabase) -> str:
+def _open_batch(context: dg.AssetExecutionContext, app_db: AppDatabase) -> str:
+    """The partition's batch, with its id and user added to the run's tags when missing; an
+    unknown batch fails the run once, for good (no retry, not even with run retries on)."""
     batch_id: str = context.partition_key
     try:
-        get_batch(app_db.engine(), batch_id, with_tasks=False)
-    except UnknownBatch as exc:
+        view = get_batch(app_db.engine(), batch_id, with_tasks=False)
+    except UnknownBatch:
+        context.instance.add_run_tags(context.run.run_id, NO_RETRY_TAGS)
         raise dg.Failure(
-            description=f"{exc} in the application database", allow_retries=False
+            description=f"no batch {batch_id!r} in the application database: partitions of "
+            "'batches' are batch ids, added by new_batches_sensor and the create_batch job "
+            "(a partition added by hand names no batch; running it again fails again)",
+            allow_retries=False,
         ) from None
+    missing = missing_batch_tags(context.run.tags, batch_id, view.user_id)
+    if missing:
+        context.instance.add_run_tags(context.run.run_id, missing)
     return batch_id
 
 
+def _view(app_db: AppDatabase, batch_id: str) -> tuple[BatchView, BatchOutcomes]:
+    with reading(app_db.engine()) as conn:
+        view = read_batch(conn, batch_id, task_limit=PREVIEW_ROWS)
+        return view, batch_outcomes(conn, [batch_id])[batch_id]
+
+
 def _view_metadata(app_db: AppDatabase, batch_id: str) -> dict[str, Any]:
-    return batch_metadata(get_batch(app_db.engine(), batch_id, task_limit=20))
+    return batch_metadata(*_view(app_db, batch_id))
 
 
 @dg.multi_asset(
     name=BATCH_STEP,
     specs=[PENDING, SUBMITTED, POLLED, SETTLED, ARCHIVED],
-    check_specs=[VIDEO_CHECK, LEDGER_CHECK, ARCHIVE_CHECK],
+    check_specs=[VIDEO_CHECK, LEDGER_CHECK, TASKS_CHECK, ARCHIVE_CHECK],
     partitions_def=batches,
     pool=API_POOL,
 )
@@ -115,7 +143,7 @@ def batch_lifecycle(
     context: dg.AssetExecutionContext, config: FollowConfig, app_db: AppDatabase, grsai: GrsaiApi
 ) -> Iterator[dg.MaterializeResult]:
     """One batch from its waiting tasks to its settled credits."""
-    batch_id = _batch_id(context, app_db)
+    batch_id = _open_batch(context, app_db)
     db = app_db.engine()
     retry = retry_failed_tasks(db, batch_id)
     if retry.retried or retry.short_of_credits:
@@ -147,6 +175,7 @@ def batch_lifecycle(
             followed = worker.run(Until.FINAL, budget)
     except (RunStopped, SettingsError) as exc:
         # A bad key, no upstream credits, no key: the run stops, no task fails, no retries.
+        context.instance.add_run_tags(context.run.run_id, NO_RETRY_TAGS)
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     missing = succeeded_without_video(db, batch_id)
     yield dg.MaterializeResult(
@@ -158,10 +187,7 @@ def batch_lifecycle(
         },
         check_results=[
             dg.AssetCheckResult(
-                check_name=VIDEO_CHECK.name,
-                asset_key=POLLED.key,
-                passed=not missing,
-                metadata={"tasks_without_video": dg.MetadataValue.json(missing)},
+                check_name=VIDEO_CHECK.name, asset_key=POLLED.key, **video_check(missing)
             )
         ],
     )
@@ -170,10 +196,11 @@ def batch_lifecycle(
     if settlement.unfinished:
         context.log.info(f"waiting: {settlement.unfinished} task(s) not final yet")
     problems = ledger_problems(db, batch_id)
+    view, outcomes = _view(app_db, batch_id)
     yield dg.MaterializeResult(
         asset_key=SETTLED.key,
         metadata={
-            **_view_metadata(app_db, batch_id),
+            **batch_metadata(view, outcomes),
             "settlement": "settled"
             if settlement.settled
             else f"waiting on {settlement.unfinished} task(s)",
@@ -181,11 +208,11 @@ def batch_lifecycle(
         },
         check_results=[
             dg.AssetCheckResult(
-                check_name=LEDGER_CHECK.name,
-                asset_key=SETTLED.key,
-                passed=not problems,
-                metadata={"problems": dg.MetadataValue.json(problems)},
-            )
+                check_name=LEDGER_CHECK.name, asset_key=SETTLED.key, **ledger_check(problems)
+            ),
+            dg.AssetCheckResult(
+                check_name=TASKS_CHECK.name, asset_key=SETTLED.key, **tasks_check(view, outcomes)
+            ),
         ],
     )
 
@@ -194,9 +221,11 @@ def batch_lifecycle(
         db, settings, batch_ids=[batch_id], budget_s=settings.archive_budget_s
     )
     state = archive_state(db, [batch_id])[batch_id]
+    with reading(db) as conn:
+        copies = batch_outcomes(conn, [batch_id])[batch_id]
     yield dg.MaterializeResult(
         asset_key=ARCHIVED.key,
-        metadata=archive_metadata(state, archived),
+        metadata={**archive_metadata(state, archived), **video_links(copies)},
         check_results=[
             dg.AssetCheckResult(
                 check_name=ARCHIVE_CHECK.name, asset_key=ARCHIVED.key, **archive_check(state)

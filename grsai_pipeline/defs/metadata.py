@@ -9,13 +9,16 @@ from tabulate import tabulate
 
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.store.batches import BatchView
+from grsai_pipeline.store.outcomes import BatchOutcomes
 
 PREVIEW_ROWS = 20
 
 
-def batch_metadata(view: BatchView) -> dict[str, Any]:
-    """Counts per status, progress, credits, and a preview of the first tasks."""
+def batch_metadata(view: BatchView, outcomes: BatchOutcomes | None = None) -> dict[str, Any]:
+    """The user, counts per status, progress, credits, failures by reason, the first videos,
+    and a preview of the first tasks."""
     metadata: dict[str, Any] = {
+        "user_id": view.user_id,
         "batch_status": view.status,
         **{f"tasks_{status}": count for status, count in view.counts.items()},
         "progress_percent": view.progress_percent,
@@ -25,9 +28,39 @@ def batch_metadata(view: BatchView) -> dict[str, Any]:
         "possible_duplicates": view.possible_duplicates,
         "dagster/row_count": view.total_tasks,
     }
+    if outcomes is not None:
+        metadata |= outcome_metadata(outcomes)
     if view.tasks:
         metadata["preview"] = dg.MetadataValue.md(tasks_preview(view))
     return metadata
+
+
+def outcome_metadata(outcomes: BatchOutcomes) -> dict[str, Any]:
+    """Failures grouped by reason with what a backfill would retry, and links to the first
+    videos (their archived copies once made)."""
+    metadata: dict[str, Any] = {"failed_tasks_a_backfill_would_retry": outcomes.retryable}
+    if outcomes.failures:
+        rows = [
+            {"reason": g.reason, "tasks": g.tasks, "a backfill retries": g.retryable}
+            for g in outcomes.failures
+        ]
+        metadata["failures_by_reason"] = dg.MetadataValue.md(
+            tabulate(rows, headers="keys", tablefmt="pipe")
+        )
+    return metadata | video_links(outcomes)
+
+
+def video_links(outcomes: BatchOutcomes) -> dict[str, Any]:
+    """The first videos as links: the archived copy once made, else the API's URL (which
+    expires about two hours after its task finished)."""
+    if not outcomes.videos:
+        return {}
+    lines = [
+        f"- task {v.batch_index}: [{_short(v.url)}]({v.url})"
+        + (" (archived copy)" if v.archived else "")
+        for v in outcomes.videos
+    ]
+    return {"videos": dg.MetadataValue.md("\n".join(lines))}
 
 
 def tasks_preview(view: BatchView) -> str:

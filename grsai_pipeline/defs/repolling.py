@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from grsai_pipeline.defs.archiving import archive_check, archive_metadata
-from grsai_pipeline.defs.assets import (
-    API_POOL,
-    ARCHIVE_CHECK,
-    ARCHIVED,
+from grsai_pipeline.defs.assets import API_POOL, ARCHIVE_CHECK, ARCHIVED, POLLED, SETTLED
+from grsai_pipeline.defs.checks import (
     LEDGER_CHECK,
-    POLLED,
-    SETTLED,
+    TASKS_CHECK,
     VIDEO_CHECK,
+    ledger_check,
+    tasks_check,
+    video_check,
 )
-from grsai_pipeline.defs.metadata import batch_metadata
+from grsai_pipeline.defs.metadata import batch_metadata, video_links
 from grsai_pipeline.defs.partitions import BATCHES
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import REPOLL_JOB, batches_with_live_runs
@@ -47,6 +47,7 @@ from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video_in
 from grsai_pipeline.store.batches import read_batches
 from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.outcomes import batch_outcomes
 from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 
 # How long one re-polling run works; the schedule starts the next one each minute.
@@ -178,19 +179,20 @@ def _batch_events(
     _ensure_partitions(context.instance, touched)
     with reading(app_db.engine()) as conn:
         views = read_batches(conn, touched)
+        outcomes = batch_outcomes(conn, touched)
     missing = succeeded_without_video_in(app_db.engine(), sorted(ended))
     for batch_id in touched:
         reported.add(batch_id)
-        metadata = {**batch_metadata(views[batch_id]), "repoll_run": context.run_id}
+        view, outcome = views[batch_id], outcomes[batch_id]
+        metadata = {**batch_metadata(view, outcome), "repoll_run": context.run_id}
         yield dg.AssetMaterialization(asset_key=POLLED.key, partition=batch_id, metadata=metadata)
         if batch_id not in ended:
             continue  # only progress: the checks' answers cannot have changed
         yield dg.AssetCheckEvaluation(
             asset_key=POLLED.key,
             check_name=VIDEO_CHECK.name,
-            passed=not missing[batch_id],
-            metadata={"tasks_without_video": dg.MetadataValue.json(missing[batch_id])},
             partition=batch_id,
+            **video_check(missing[batch_id]),
         )
         if batch_id in settled:
             yield dg.AssetMaterialization(
@@ -202,9 +204,14 @@ def _batch_events(
             yield dg.AssetCheckEvaluation(
                 asset_key=SETTLED.key,
                 check_name=LEDGER_CHECK.name,
-                passed=not problems,
-                metadata={"problems": dg.MetadataValue.json(problems)},
                 partition=batch_id,
+                **ledger_check(problems),
+            )
+            yield dg.AssetCheckEvaluation(
+                asset_key=SETTLED.key,
+                check_name=TASKS_CHECK.name,
+                partition=batch_id,
+                **tasks_check(view, outcome),
             )
 
 
@@ -218,12 +225,18 @@ def _archive_events(
         return
     _ensure_partitions(context.instance, touched)
     states = archive_state(app_db.engine(), touched)
+    with reading(app_db.engine()) as conn:
+        outcomes = batch_outcomes(conn, touched)
     for batch_id in touched:
         state = states[batch_id]
         yield dg.AssetMaterialization(
             asset_key=ARCHIVED.key,
             partition=batch_id,
-            metadata={**archive_metadata(state), "repoll_run": context.run_id},
+            metadata={
+                **archive_metadata(state),
+                **video_links(outcomes[batch_id]),
+                "repoll_run": context.run_id,
+            },
         )
         yield dg.AssetCheckEvaluation(
             asset_key=ARCHIVED.key,

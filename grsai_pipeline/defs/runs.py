@@ -3,15 +3,22 @@ whether the re-polling run is live."""
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 
 import dagster as dg
 
 BATCH_ID_TAG = "batch_id"
+USER_ID_TAG = "user_id"
 TRIGGER_TAG = "grsai/trigger"
+# Dagster's own tags: a backfill's runs carry the first; the others turn off run retries
+# (for a failure a retry cannot mend, even where dagster.yaml enables run_retries).
+BACKFILL_TAG = "dagster/backfill"
+NO_RETRY_TAGS = {"dagster/retry_on_asset_or_op_failure": "false", "dagster/max_retries": "0"}
 REPOLL_TAG = "grsai/repoll"
 BATCH_JOB = "batch_pipeline"
 REPOLL_JOB = "repoll_open_batches"
+CREATE_JOB = "create_batch"
 
 # A run that died without telling Dagster stops counting as live after this (production also
 # fails such runs through run monitoring).
@@ -25,9 +32,20 @@ IN_PROGRESS = [
 ]
 
 
-def batch_run_tags(batch_id: str, trigger: str) -> dict[str, str]:
-    """Tags of a run of one batch: the batch for filtering in the UI, and what started it."""
-    return {BATCH_ID_TAG: batch_id, TRIGGER_TAG: trigger}
+def batch_run_tags(batch_id: str, trigger: str, user_id: str | None = None) -> dict[str, str]:
+    """Tags of a run of one batch: the batch and its user for filtering in the UI, and what
+    started it."""
+    tags = {BATCH_ID_TAG: batch_id, TRIGGER_TAG: trigger}
+    return tags | ({USER_ID_TAG: user_id} if user_id is not None else {})
+
+
+def missing_batch_tags(tags: Mapping[str, str], batch_id: str, user_id: str) -> dict[str, str]:
+    """The tags a run of the batch lacks: a run launched from the UI (Materialize, a backfill)
+    carries only Dagster's own, so its step adds these when it starts."""
+    wanted = batch_run_tags(batch_id, "backfill" if BACKFILL_TAG in tags else "ui", user_id)
+    if TRIGGER_TAG in tags:
+        del wanted[TRIGGER_TAG]
+    return {key: value for key, value in wanted.items() if tags.get(key) != value}
 
 
 def _live_runs(instance: dg.DagsterInstance, job_name: str) -> list[dg.RunRecord]:

@@ -18,6 +18,7 @@ from grsai_pipeline.defs.runs import (
     batches_with_live_runs,
     repoll_run_is_live,
 )
+from grsai_pipeline.errors import GrsaiPipelineError
 from grsai_pipeline.store.batches import open_batch_ids
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.runners import batches_with_live_runners
@@ -32,12 +33,24 @@ from grsai_pipeline.store.runners import batches_with_live_runners
 def repoll_processing_schedule(
     context: dg.ScheduleEvaluationContext, app_db: AppDatabase, grsai: GrsaiApi
 ) -> dg.RunRequest | dg.SkipReason:
-    lease_s = grsai.settings().claim_lease_s
-    with reading(app_db.engine()) as conn:
-        open_ids = open_batch_ids(conn)
-        taken = batches_with_live_runners(conn, lease_s)
+    try:
+        settings = grsai.settings()
+        with reading(app_db.engine()) as conn:
+            open_ids = open_batch_ids(conn)
+            taken = batches_with_live_runners(conn, settings.claim_lease_s)
+    except (dg.Failure, GrsaiPipelineError) as exc:
+        # Said in the tick, once a minute, instead of a run that fails every minute.
+        reason = exc.description if isinstance(exc, dg.Failure) else str(exc)
+        return dg.SkipReason(f"cannot re-poll: {reason}")
     if not open_ids:
         return dg.SkipReason("no batch has unfinished tasks")
+    if settings.api_key is None or not settings.api_key.get_secret_value().strip():
+        return dg.SkipReason(
+            f"{len(open_ids)} open batch(es) wait: GRSAI_API_KEY is not set, so a re-polling "
+            "run could not call the API. Set GRSAI_API_KEY (and GRSAI_BASE_URL for a "
+            "simulator: `make dev` starts one when the key is unset) and restart the code "
+            "location."
+        )
     waiting = [
         b for b in open_ids if b not in taken and b not in batches_with_live_runs(context.instance)
     ]

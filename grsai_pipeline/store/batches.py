@@ -334,6 +334,7 @@ class BatchHeader:
     id: str
     status: str
     created_at: datetime
+    user_id: str
 
 
 def count_unfinished(conn: Connection, batch_ids: Sequence[str]) -> int:
@@ -355,14 +356,17 @@ def batches_created_since(
     """A page of the batches created at or after ``since`` (all when None), oldest first;
     ``after`` continues from the last batch of the previous page."""
     b = batch_jobs.c
-    query = sa.select(b.id, b.status, b.created_at)
+    query = sa.select(b.id, b.status, b.created_at, b.user_id)
     if since is not None:
         query = query.where(b.created_at >= since)
     if after is not None:
         query = query.where(sa.tuple_(b.created_at, b.id) > sa.tuple_(after.created_at, after.id))
     query = query.order_by(b.created_at, b.id).limit(limit)
     with reading(engine) as conn:
-        return [BatchHeader(row.id, row.status, row.created_at) for row in conn.execute(query)]
+        return [
+            BatchHeader(row.id, row.status, row.created_at, row.user_id)
+            for row in conn.execute(query)
+        ]
 
 
 def open_batch_ids(conn: Connection) -> list[str]:

@@ -80,9 +80,11 @@ def test_sensor_picks_up_a_new_batch_it_settles_and_a_backfill_retries_it(
     assert ledger_kinds(engine, batch_id) == {"reserve": 5, "charge": 3, "refund": 2}
     assert_ledger_invariants(engine)
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+        # The daemon's run and the backfill's alike carry the batch and its user.
         runs = instance.get_run_records(filters=dg.RunsFilter(tags={"batch_id": batch_id}))
-        assert [r.dagster_run.tags["grsai/trigger"] for r in runs] == ["sensor"]
-        assert runs[0].dagster_run.job_name == "batch_pipeline"
+        assert [r.dagster_run.tags["grsai/trigger"] for r in runs] == ["backfill", "sensor"]
+        assert {r.dagster_run.tags["user_id"] for r in runs} == {"carol"}
+        assert {r.dagster_run.job_name for r in runs} == {"batch_pipeline"}
         backfills = instance.get_run_records(
             filters=dg.RunsFilter(tags={"dagster/partition": batch_id})
         )

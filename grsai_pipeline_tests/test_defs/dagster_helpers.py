@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -39,3 +40,43 @@ def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, A
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def sensor_tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    """Evaluate one tick and apply what the daemon applies: new partitions and the cursor."""
+    sensor = defs.resolve_sensor_def("new_batches_sensor")
+    context = dg.build_sensor_context(
+        instance_ref=instance.get_ref(),
+        cursor=cursor,
+        definitions=defs,
+        resources=defs.resources,
+    )
+    data = sensor.evaluate_tick(context)
+    for request in data.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return data
+
+
+def schedule_tick(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], str | None]:
+    schedule = defs.resolve_schedule_def("repoll_processing_schedule")
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 11, 22, 12, 0, tzinfo=UTC),
+        repository_def=defs.get_repository_def(),
+        resources=defs.resources,
+    )
+    data = schedule.evaluate_tick(context)
+    return list(data.run_requests or []), data.skip_message
+
+
+def start_run(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str]) -> None:
+    """A run the daemon launched and that is still going."""
+    job = defs.resolve_job_def(job_name)
+    run = instance.create_run_for_job(job, tags=tags)
+    instance.handle_run_event(
+        run.run_id,
+        dg.DagsterEvent(
+            event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name, message="start"
+        ),
+    )
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED

@@ -65,3 +65,11 @@ def test_asset_checks_cover_the_ledger_and_the_videos() -> None:
     }
     assert ("settled_ledger", "ledger_balances") in checks
     assert ("polled_results", "succeeded_tasks_have_video_url") in checks
+
+
+def test_ui_launched_runs_are_in_one_process_and_create_batch_is_a_job() -> None:
+    implicit = defs.resolve_implicit_global_asset_job_def()
+    assert implicit.executor_def.name == dg.in_process_executor.name
+    create = defs.resolve_job_def("create_batch")
+    assert create.executor_def.name == dg.in_process_executor.name
+    assert create.partitions_def is None

@@ -73,6 +73,8 @@ def test_mixed_batch_settles_with_one_charge_or_refund_per_reservation(
         "succeeded_tasks_have_video_url": True,
         "ledger_balances": True,
         "videos_archived_in_time": True,
+        # WARN: 6 of the 10 tasks failed (the run itself succeeded).
+        "all_tasks_succeeded": False,
     }
 
 

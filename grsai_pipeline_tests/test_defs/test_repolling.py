@@ -71,6 +71,10 @@ def test_one_run_settles_every_open_batch_and_reports_each_partition(
     for batch_id in batches:
         assert checks[("ledger_balances", batch_id)] is True
         assert checks[("succeeded_tasks_have_video_url", batch_id)] is True
+    # The moderated batch warns; the others do not. Each shows its user.
+    assert [checks[("all_tasks_succeeded", b)] for b in batches] == [True, True, True, False]
+    assert [events[("settled_ledger", b)]["user_id"] for b in batches[:3]] == users
+    assert "input_moderation" in events[("settled_ledger", batches[3])]["failures_by_reason"]
     assert set(instance.get_dynamic_partitions("batches")) == set(batches)
     # The UI's partition page reads the same records.
     record = instance.get_latest_materialization_event(dg.AssetKey("settled_ledger"))

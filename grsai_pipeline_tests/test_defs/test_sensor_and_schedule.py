@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from grsai_pipeline.definitions import defs
+from grsai_pipeline_tests.conftest import TEST_API_KEY
 from grsai_pipeline_tests.helpers import new_batch
+from grsai_pipeline_tests.test_defs.dagster_helpers import schedule_tick, sensor_tick, start_run
 
 TASK = {"prompt": "a", "model": "sora-2"}
 
@@ -17,21 +17,7 @@ TASK = {"prompt": "a", "model": "sora-2"}
 @pytest.fixture
 def app_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     monkeypatch.setenv("GRSAI_DATABASE_URL", database_url)
-
-
-def sensor_tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    """Evaluate one tick and apply what the daemon applies: new partitions and the cursor."""
-    sensor = defs.resolve_sensor_def("new_batches_sensor")
-    context = dg.build_sensor_context(
-        instance_ref=instance.get_ref(),
-        cursor=cursor,
-        definitions=defs,
-        resources=defs.resources,
-    )
-    data = sensor.evaluate_tick(context)
-    for request in data.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return data
+    monkeypatch.setenv("GRSAI_API_KEY", TEST_API_KEY)
 
 
 def test_new_batches_get_a_partition_and_exactly_one_run_each(app_env, engine, instance) -> None:
@@ -99,31 +85,6 @@ def test_a_settled_batch_gets_a_partition_but_no_run(app_env, engine, instance) 
     tick = sensor_tick(instance, None)
     assert not tick.run_requests
     assert batch_id in instance.get_dynamic_partitions("batches")
-
-
-def schedule_tick(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], str | None]:
-    schedule = defs.resolve_schedule_def("repoll_processing_schedule")
-    context = dg.build_schedule_context(
-        instance=instance,
-        scheduled_execution_time=datetime(2026, 11, 22, 12, 0, tzinfo=UTC),
-        repository_def=defs.get_repository_def(),
-        resources=defs.resources,
-    )
-    data = schedule.evaluate_tick(context)
-    return list(data.run_requests or []), data.skip_message
-
-
-def start_run(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str]) -> None:
-    """A run the daemon launched and that is still going."""
-    job = defs.resolve_job_def(job_name)
-    run = instance.create_run_for_job(job, tags=tags)
-    instance.handle_run_event(
-        run.run_id,
-        dg.DagsterEvent(
-            event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name, message="start"
-        ),
-    )
-    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
 
 
 def make_processing(engine: sa.Engine, batch_id: str) -> None:
