@@ -658,12 +658,13 @@ class LedgerMachine(RuleBasedStateMachine):
                 task.failure_kind = "submit_exhausted"
 
     def _poll(self, batch_id: str) -> list[TaskState]:
-        """Read the batch's tasks at the API, as a poll does."""
+        """Read the batch's tasks at the API, as a poll does, in ``batch_index`` order (not in
+        the order of their random ids: Hypothesis must be able to replay an example)."""
         batch = self.model[batch_id]
         with self.engine.connect() as conn:
             found = tasks_at_api(conn, [t.id for t in batch.tasks])
-        states = sorted((r.state for r in found), key=lambda s: s.id)
-        expected = sorted((t for t in batch.tasks if t.status == "processing"), key=lambda t: t.id)
+        states = sorted((r.state for r in found), key=lambda s: self.tasks[s.id].index)
+        expected = [t for t in batch.tasks if t.status == "processing"]
         assert [(s.id, s.grsai_task_id) for s in states] == [(t.id, t.remote_id) for t in expected]
         return states
 
