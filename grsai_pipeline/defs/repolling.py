@@ -1,6 +1,7 @@
 """``repoll_open_batches``: one run that follows every open batch no other run works on.
 
-Started by ``repoll_processing_schedule`` (at most one at a time). Its op polls every
+Started by ``repoll_processing_schedule`` (one at work; the next takes over after
+``HANDOVER_AFTER_S``, see ``defs/schedules.py``). Its op polls every
 unfinished task of those batches through one client in one event loop, resubmits what may be
 retried, settles each batch whose tasks are all final, and reports each batch it touched as
 that batch's own materialization of ``polled_results`` (and ``settled_ledger`` when it settles
@@ -50,8 +51,11 @@ from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.outcomes import batch_outcomes
 from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 
-# How long one re-polling run works; the schedule starts the next one each minute.
-DEFAULT_BUDGET_S = 45.0
+# How long one re-polling run works at most. Runs hand over without a gap: once a run is
+# HANDOVER_AFTER_S old, the schedule starts the next one, and the older run ends as soon as
+# the newer one's engine is up (engine/scope.py). The budget only ends a run nobody relieved.
+DEFAULT_BUDGET_S = 360.0
+HANDOVER_AFTER_S = 180.0
 # The engine hands over what it did at least this often.
 REPORT_EVERY_S = 10.0
 # A batch whose tasks only progressed is reported by one run in this many (its turn comes from
@@ -103,7 +107,8 @@ def repoll_open_batches_op(
                     period = min(REPORT_EVERY_S, max(0.0, deadline - time.monotonic()))
                     report = w.run(Until.FINAL, period)
                     reports.put(report)
-                    if report.unfinished == 0 or time.monotonic() >= deadline:
+                    done = report.unfinished == 0 or report.handed_over
+                    if done or time.monotonic() >= deadline:
                         break
         except BaseException as error:  # handed to the op's thread, which raises it
             reports.put(error)

@@ -67,5 +67,13 @@ def batches_with_live_runs(instance: dg.DagsterInstance) -> set[str]:
     return busy
 
 
-def repoll_run_is_live(instance: dg.DagsterInstance) -> bool:
-    return bool(_live_runs(instance, REPOLL_JOB))
+def repoll_run_due_for_relief(instance: dg.DagsterInstance, after_s: float) -> bool | None:
+    """None when no re-polling run is live; else whether the one live run has worked for
+    ``after_s`` (its successor may start: the older run ends once the newer one is up)."""
+    live = _live_runs(instance, REPOLL_JOB)
+    if not live:
+        return None
+    if len(live) > 1:
+        return False  # a handover is under way
+    started = live[0].start_time
+    return started is not None and time.time() - started >= after_s

@@ -1,22 +1,24 @@
 """``repoll_processing_schedule``: every minute, one run that follows the open batches.
 
 The run (``repoll_open_batches``) covers every batch with unfinished work that no run of its
-own is working on, however many there are. The schedule asks for it only when there is such
-a batch and no re-polling run is live; production's queued run coordinator keeps it to one at
-a time as well (a tag limit in ``dagster.yaml``), and the database claims make any overlap
-safe.
+own is working on, however many there are. The schedule asks for it when there is such a
+batch and no re-polling run is live, or when the live one has worked for
+``HANDOVER_AFTER_S``: then the next run starts while the old one still polls, and the old one
+ends as soon as the new one's engine is up, so that no task waits for a run to start.
+Production's queued run coordinator allows two such runs at once for that handover (a tag
+limit in ``dagster.yaml``); the database claims make any overlap safe.
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
 import dagster as dg
 
-from grsai_pipeline.defs.repolling import repoll_open_batches
+from grsai_pipeline.defs.repolling import HANDOVER_AFTER_S, repoll_open_batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import (
     REPOLL_TAG,
     TRIGGER_TAG,
     batches_with_live_runs,
-    repoll_run_is_live,
+    repoll_run_due_for_relief,
 )
 from grsai_pipeline.errors import GrsaiPipelineError
 from grsai_pipeline.store.batches import open_batch_ids
@@ -56,7 +58,7 @@ def repoll_processing_schedule(
     ]
     if not waiting:
         return dg.SkipReason(f"{len(open_ids)} open batch(es), each with a run of its own at work")
-    if repoll_run_is_live(context.instance):
+    if repoll_run_due_for_relief(context.instance, HANDOVER_AFTER_S) is False:
         return dg.SkipReason(f"the re-polling run is still at work ({len(waiting)} batch(es))")
     tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else ""
     return dg.RunRequest(

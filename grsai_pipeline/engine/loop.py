@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 # Poll answers are written at least this often, or once this many wait.
 FLUSH_EVERY_S: Final = 0.25
 FLUSH_AT: Final = 500
+# When polls were answered (changed or not: ``polled_at``) is written at least this often.
+MARK_POLLED_EVERY_S: Final = 1.0
 # A submit's outcome is written within this (it holds a claim until then).
 RECORD_WITHIN_S: Final = 0.02
 # How often the database is read again for work that other writers made: every two seconds,
@@ -137,6 +139,9 @@ class Engine:
         self._in_doubt = 0
         self._unrecorded: list[Transition] = []
         self._unrecorded_since = 0.0
+        # Tasks whose poll was answered since the last write, and since when.
+        self._polled: list[str] = []
+        self._polled_since = 0.0
         # Submit outcomes among them (each still holds a claim), and since when.
         self._outcomes = 0
         self._outcomes_since = 0.0
@@ -207,7 +212,9 @@ class Engine:
                 if done and not self._unrecorded:
                     break
             await self._sleep(now, working)
-        self.report.budget_spent = time.monotonic() >= self._deadline
+        self.report.budget_spent = (
+            not self.report.handed_over and time.monotonic() >= self._deadline
+        )
         if self._failure is not None:
             raise self._failure
         if self._stopped is not None:
@@ -311,6 +318,9 @@ class Engine:
             self._stopped = self._stopped or exc
             self._schedule(task, 0.0)
             return
+        if not self._polled:
+            self._polled_since = time.monotonic()
+        self._polled.append(task.state.id)
         self._record(task.state, task.batch_job_id, Answered(result), task.is_sora)
 
     async def _submit(self, claimed: ClaimedTask) -> None:
@@ -415,6 +425,10 @@ class Engine:
             or quiet
         ):
             return True
+        if self._polled and (
+            len(self._polled) >= FLUSH_AT or now - self._polled_since >= MARK_POLLED_EVERY_S
+        ):
+            return True
         free = self._free_to_claim() if open_ else 0
         return free >= batch or (free > 0 and not self._to_submit and len(self._in_flight) < batch)
 
@@ -443,6 +457,7 @@ class Engine:
         """One transaction: write what was decided, claim what free slots can take; and,
         every few seconds or when the engine runs dry, read the scope again."""
         transitions, self._unrecorded = self._unrecorded, []
+        polled, self._polled = self._polled, []
         self._outcomes = 0
         quotas = self._quotas() if claim else []
         self._in_doubt += sum(n for _, n in quotas)  # held until we know how many we got
@@ -450,9 +465,11 @@ class Engine:
         try:
             known = before_rescan if rescan else None
             if self._inline_db:
-                claimed, seen = self._transact(transitions, quotas, known)
+                claimed, seen = self._transact(transitions, polled, quotas, known)
             else:
-                claimed, seen = await asyncio.to_thread(self._transact, transitions, quotas, known)
+                claimed, seen = await asyncio.to_thread(
+                    self._transact, transitions, polled, quotas, known
+                )
         finally:
             self._in_doubt -= sum(n for _, n in quotas)
         self._in_doubt -= sum(1 for t in transitions if t.ends_claim)
@@ -471,17 +488,22 @@ class Engine:
     def _transact(
         self,
         transitions: Sequence[Transition],
+        polled: Sequence[str],
         quotas: Sequence[tuple[str, int]],
         known: set[str] | None,
     ) -> tuple[list[ClaimedTask], Rescan | None]:
         """In a worker thread: touches nothing the event loop changes (``known`` is a copy)."""
         now = utc_now()
         claimed: list[ClaimedTask] = []
-        if transitions or quotas:
+        if transitions or polled or quotas:
             with self.db.begin() as conn:
-                if transitions:
+                if transitions or polled:
                     written = apply_transitions(
-                        conn, transitions, runner_id=self.heartbeat.runner_id, now=now
+                        conn,
+                        transitions,
+                        runner_id=self.heartbeat.runner_id,
+                        now=now,
+                        polled=polled,
                     )
                     self.report.stale_writes += len(transitions) - written
                 if quotas:
@@ -520,7 +542,8 @@ class Engine:
 
     def _read_scope_now(self, known: set[str]) -> Rescan:
         with reading(self.db) as conn:
-            batches = self.scope.batch_ids(conn)
+            handed_over = self.scope.handed_over(conn, self.heartbeat)
+            batches = [] if handed_over else self.scope.batch_ids(conn)
             waiting = (
                 waiting_per_batch(conn, batches, self.settings.claim_lease_s, utc_now())
                 if batches
@@ -538,7 +561,7 @@ class Engine:
             unknown = ids - known
             new = tasks_at_api(conn, unknown) if unknown else []
         pending = {b: p + q for b, (p, q) in waiting.items()}
-        return Rescan(batches, pending, unfinished, ids, new)
+        return Rescan(batches, pending, unfinished, ids, new, handed_over)
 
     def _sweep_cancelled(self, batch_ids: list[str]) -> set[str]:
         """Of the batches with waiting tasks, those cancelled: their waiting tasks fail and
@@ -552,6 +575,11 @@ class Engine:
         return cancelled
 
     def _apply_rescan(self, seen: Rescan, known_before: set[str]) -> None:
+        if seen.handed_over:
+            # A newer runner follows the same batches now: end this run as if its time were up.
+            self.report.handed_over = True
+            self._deadline = min(self._deadline, time.monotonic())
+            return
         self._batches = list(seen.batches)
         in_scope = set(seen.batches)
         for batch_id in list(self._rotation):
@@ -565,12 +593,15 @@ class Engine:
         now = time.monotonic()
         interval = self.settings.poll_interval_s
         decided_since = {t.task_id for t in self._unrecorded}
+        wall_now = utc_now()
         for task in seen.new_at_api:
             if task.state.id in self._at_api or task.state.id in decided_since:
                 continue  # known, or answered while the database was being read
-            submitted = task.state.submitted_at
-            waited = (utc_now() - submitted).total_seconds() if submitted else interval
-            self._schedule(task, max(0.0, interval - waited))
+            # Due one interval after its last answer (any runner's) or its submit: overdue
+            # tasks sort by how long they have waited, the longest-waiting polled first.
+            last = max((d for d in (task.state.submitted_at, task.polled_at) if d), default=None)
+            waited = (wall_now - last).total_seconds() if last else interval
+            self._schedule(task, interval - waited)
         self.report.unfinished = sum(seen.unfinished.values())
         self.report.waiting_claimable = sum(seen.waiting.values()) if self._claiming else 0
         self._rescanned_clean = not self._unrecorded and not self._in_flight
@@ -587,3 +618,4 @@ class Rescan:
     unfinished: dict[str, int]
     ids_at_api: set[str]
     new_at_api: list[RemoteTask]
+    handed_over: bool = False

@@ -28,6 +28,8 @@ class EngineReport:
     possible_duplicates: int = 0
     rate_limited: bool = False
     budget_spent: bool = False
+    # A newer runner took the scope over (the next re-polling run): this one ended early.
+    handed_over: bool = False
     # Decided writes whose guard no longer held (another writer moved the task first).
     stale_writes: int = 0
     # As the last read of the scope found them.

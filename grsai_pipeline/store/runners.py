@@ -39,6 +39,19 @@ def batches_with_live_runners(conn: Connection, lease_s: float) -> set[str]:
     return {str(b) for b in conn.scalars(query)}
 
 
+def successor_is_live(conn: Connection, runner: Heartbeat, lease_s: float) -> bool:
+    """Whether a runner of every open batch (no batch of its own) that started after ``runner``
+    is alive: the next re-polling run, to which ``runner`` hands over."""
+    r = pipeline_runners.c
+    query = sa.select(r.runner_id).where(
+        r.batch_job_id.is_(None),
+        r.runner_id != runner.runner_id,
+        r.started_at > runner.started_at,
+        r.heartbeat_at >= utc_now() - timedelta(seconds=lease_s),
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
 class Heartbeat:
     """A runner's row and the thread that renews it; ``with Heartbeat(...) as beat:``.
 
@@ -54,6 +67,7 @@ class Heartbeat:
         self.lease_s = lease_s
         self.batch_id = batch_id
         self.every_s = max(0.05, lease_s / 6)
+        self.started_at = utc_now()
         self._renewed = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -65,7 +79,7 @@ class Heartbeat:
         return time.monotonic() - self._renewed < self.lease_s / 2
 
     def __enter__(self) -> Heartbeat:
-        now = utc_now()
+        now = self.started_at = utc_now()
         r = pipeline_runners.c
         with self.engine.begin() as conn:
             conn.execute(pipeline_runners.delete().where(r.heartbeat_at < now - FORGET_AFTER))

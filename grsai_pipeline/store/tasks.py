@@ -60,6 +60,8 @@ class RemoteTask:
     state: TaskState
     batch_job_id: str
     is_sora: bool
+    # The last answer to a poll of it, by any runner (None: not polled since its submit).
+    polled_at: datetime | None = None
 
 
 _STATE_COLUMNS = (
@@ -186,19 +188,32 @@ def _claimed(row: Any) -> ClaimedTask:
 
 
 def apply_transitions(
-    conn: Connection, transitions: Sequence[Transition], *, runner_id: str | None, now: datetime
+    conn: Connection,
+    transitions: Sequence[Transition],
+    *,
+    runner_id: str | None,
+    now: datetime,
+    polled: Collection[str] = (),
 ) -> int:
-    """Write the transitions in the caller's transaction; returns how many rows changed.
+    """Write the transitions in the caller's transaction, and mark the tasks in ``polled`` as
+    answered at ``now``; returns how many rows the transitions changed.
 
     Rows whose guard no longer holds are left as they are (and not counted).
     """
-    if is_postgres(conn) and transitions:
+    if is_postgres(conn) and (transitions or polled):
         # Lock the rows in one order (by id) before writing them in groups: two runners writing
         # the same tasks in the order their answers came would deadlock (issue 10's flaky test).
-        ids = sorted({tr.task_id for tr in transitions})
-        conn.execute(
-            sa.select(t.id).where(t.id.in_(ids)).order_by(t.id).with_for_update(key_share=True)
-        ).all()
+        ids = sorted({tr.task_id for tr in transitions} | set(polled))
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            conn.execute(
+                sa.select(t.id)
+                .where(t.id.in_(chunk))
+                .order_by(t.id)
+                .with_for_update(key_share=True)
+            ).all()
+    if polled:
+        _mark_polled(conn, sorted(polled), now)
     written = 0
     for wave in _waves(transitions):
         shapes: dict[tuple[Any, ...], list[Transition]] = defaultdict(list)
@@ -217,6 +232,18 @@ def apply_transitions(
             result = conn.execute(statement, params[0] if len(params) == 1 else params)
             written += max(0, result.rowcount)
     return written
+
+
+# Ids per IN list: well under SQLite's and psycopg2's limits on bound parameters.
+_CHUNK = 500
+
+
+def _mark_polled(conn: Connection, ids: Sequence[str], now: datetime) -> None:
+    """One statement per chunk: a poll that changed nothing still says when it was answered."""
+    for start in range(0, len(ids), _CHUNK):
+        conn.execute(
+            video_tasks.update().where(t.id.in_(ids[start : start + _CHUNK])).values(polled_at=now)
+        )
 
 
 def _waves(transitions: Sequence[Transition]) -> list[list[Transition]]:
@@ -282,9 +309,9 @@ def tasks_at_api(conn: Connection, task_ids: Collection[str]) -> list[RemoteTask
     """These tasks, those of them still waiting on the API (``processing``)."""
     found = []
     ids = sorted(task_ids)
-    for start in range(0, len(ids), 500):
-        query = sa.select(*_STATE_COLUMNS, t.batch_job_id, t.model).where(
-            t.id.in_(ids[start : start + 500]),
+    for start in range(0, len(ids), _CHUNK):
+        query = sa.select(*_STATE_COLUMNS, t.batch_job_id, t.model, t.polled_at).where(
+            t.id.in_(ids[start : start + _CHUNK]),
             t.status == TaskStatus.PROCESSING.value,
             t.grsai_task_id.is_not(None),
         )
@@ -293,7 +320,8 @@ def tasks_at_api(conn: Connection, task_ids: Collection[str]) -> list[RemoteTask
 
 
 def _remote(row: Any) -> RemoteTask:
-    return RemoteTask(_state(row), row.batch_job_id, row.model in SORA_MODELS)
+    polled_at = getattr(row, "polled_at", None)
+    return RemoteTask(_state(row), row.batch_job_id, row.model in SORA_MODELS, polled_at)
 
 
 def task_for_callback(conn: Connection, task_id: str) -> RemoteTask | None:

@@ -32,7 +32,7 @@ concurrency:
           applyLimitPerUniqueValue: true
         limit: 1
       - key: grsai/repoll
-        limit: 1
+        limit: 2
 """
 
 

@@ -140,5 +140,21 @@ def test_schedule_starts_no_second_re_polling_run_while_one_is_live(
     assert skipped is not None and "still at work" in skipped
 
 
+def test_schedule_starts_the_next_re_polling_run_once_the_live_one_is_due_for_relief(
+    app_env, engine, instance, monkeypatch
+) -> None:
+    make_processing(engine, new_batch(engine, [TASK]))
+    start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})
+    monkeypatch.setattr("grsai_pipeline.defs.schedules.HANDOVER_AFTER_S", 0.0)
+
+    requests, _ = schedule_tick(instance)
+    assert len(requests) == 1 and requests[0].tags["grsai/repoll"] == "all"
+
+    # While two are live (the handover under way), it asks for no third.
+    start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})
+    requests, skipped = schedule_tick(instance)
+    assert requests == [] and skipped is not None and "still at work" in skipped
+
+
 def test_schedule_with_nothing_to_do_requests_nothing(app_env, engine, instance) -> None:
     assert schedule_tick(instance) == ([], "no batch has unfinished tasks")

@@ -1,0 +1,125 @@
+"""Re-polling runs hand over without a gap (issue 10): the runner that follows every open batch
+polls the tasks that have waited longest first, whoever polled them last, and an older such
+runner ends as soon as a newer one is up, so no task waits for a run to start."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from grsai_pipeline.config import load_settings
+from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.engine.loop import Until
+from grsai_pipeline.engine.report import EngineReport
+from grsai_pipeline.engine.work import open_batches_worker
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.schema import video_tasks
+from grsai_pipeline_tests.conftest import TEST_API_KEY, pipeline_settings
+from grsai_pipeline_tests.helpers import new_batch, rows
+
+TASKS = 12
+
+
+@pytest.fixture
+def long_api(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[SimulatorServer]:
+    """Generations that outlast the test; one request at a time, so polls come in order."""
+    config = SimulatorConfig(
+        api_key=TEST_API_KEY, latency_s=(0.005, 0.005), generation_s=(3600, 3600),
+        mix={"succeeded": 1.0}, seed=3, log_polls=True,
+    )  # fmt: skip
+    with SimulatorServer(config) as sim:
+        env = pipeline_settings(database_url, sim.base_url) | {
+            "GRSAI_MAX_CONCURRENCY": "1",
+            "GRSAI_POLL_INTERVAL_S": "30",
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        yield sim
+
+
+def _submitted_batch(engine: sa.Engine) -> list[str]:
+    """A batch whose tasks went to the API ten minutes ago (each is due for a poll); their ids
+    in batch order."""
+    tasks = [{"prompt": f"dune {i}", "model": "veo-flash"} for i in range(TASKS)]
+    batch_id = new_batch(engine, tasks)
+    with open_batches_worker(engine, load_settings(), "submitter", set) as worker:
+        worker.run(Until.SUBMITTED, 30)
+    found = rows(
+        engine,
+        "SELECT id, status FROM video_tasks WHERE batch_job_id = :b ORDER BY batch_index",
+        b=batch_id,
+    )
+    assert {r["status"] for r in found} == {"processing"}
+    with engine.begin() as conn:
+        conn.execute(video_tasks.update().values(submitted_at=utc_now() - timedelta(seconds=600)))
+    return [r["id"] for r in found]
+
+
+def _polled_order(sim: SimulatorServer, engine: sa.Engine) -> list[str]:
+    """Our task ids in the order the API first saw them polled."""
+    found = rows(engine, "SELECT id, grsai_task_id FROM video_tasks")
+    remote = {r["grsai_task_id"]: r["id"] for r in found}
+    first = {remote[g]: min(times) for g, times in sim.simulator.state.polls.items() if g in remote}
+    return sorted(first, key=first.__getitem__)
+
+
+def test_the_longest_waiting_tasks_are_polled_first_whoever_polled_them_last(
+    engine: sa.Engine, long_api: SimulatorServer
+) -> None:
+    task_ids = _submitted_batch(engine)
+    # Polled by another runner since: the last task of the batch longest ago, and so on.
+    now = utc_now()
+    with engine.begin() as conn:
+        for rank, task_id in enumerate(task_ids):
+            conn.execute(
+                video_tasks.update()
+                .where(video_tasks.c.id == task_id)
+                .values(polled_at=now - timedelta(seconds=40 + rank))
+            )
+    long_api.simulator.state.polls.clear()
+
+    with open_batches_worker(engine, load_settings(), "follower", set) as worker:
+        report = worker.run(Until.FINAL, 2.0)
+
+    assert report.polls == TASKS  # each once: the next is due an interval (30 s) later
+    assert _polled_order(long_api, engine) == list(reversed(task_ids))
+    # Every answer is written down, a change or not, for whoever follows them next.
+    polled = rows(engine, "SELECT polled_at FROM video_tasks WHERE polled_at IS NOT NULL")
+    assert len(polled) == TASKS
+
+
+def test_an_older_runner_of_the_open_batches_ends_once_a_newer_one_is_up(
+    engine: sa.Engine, long_api: SimulatorServer
+) -> None:
+    _submitted_batch(engine)
+    settings = load_settings()
+    reports: list[EngineReport] = []
+    ended_at: list[float] = []
+
+    def older() -> None:
+        with open_batches_worker(engine, settings, "older-run", set) as worker:
+            reports.append(worker.run(Until.FINAL, 60))
+            ended_at.append(time.monotonic())
+
+    thread = threading.Thread(target=older, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not long_api.simulator.state.polls:
+        assert time.monotonic() < deadline, "the older runner never polled"
+        time.sleep(0.05)
+
+    with open_batches_worker(engine, settings, "newer-run", set) as newer:
+        up_at = time.monotonic()
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the older runner did not hand over"
+        assert reports[0].handed_over and not reports[0].budget_spent
+        # It sees the newer runner at its next read of the database (every 2 s).
+        assert ended_at[0] - up_at < 5
+        # The newer one is the newest: it keeps working.
+        own = newer.run(Until.FINAL, 1.0)
+    assert not own.handed_over
