@@ -71,7 +71,8 @@ def prepare(args: argparse.Namespace, env: dict[str, str], home: Path) -> list[s
     from grsai_pipeline.store.db import get_engine
     from grsai_pipeline.store.migrate import upgrade_schema
 
-    settings = load_settings()
+    # Submitting only (no poll of the tasks it submits): the window measures the daemon's runs.
+    settings = load_settings().model_copy(update={"poll_interval_s": 3600.0})
     db = get_engine(settings.database_url)
     upgrade_schema(db)
     started = time.monotonic()

@@ -21,7 +21,7 @@ import dagster as dg
 
 from grsai_pipeline.defs.partitions import ensure_partition
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.defs.runs import BATCH_ID_TAG, CREATE_JOB, USER_ID_TAG
+from grsai_pipeline.defs.runs import CREATE_JOB, batch_run_tags
 from grsai_pipeline.domain.batch_file import parse_batch_json, task_list
 from grsai_pipeline.errors import (
     IdempotencyConflict,
@@ -79,7 +79,11 @@ def create_batch_op(
     except (InvalidInput, InsufficientCredits, StoreError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     ensure_partition(context.instance, new.batch_id)
-    context.instance.add_run_tags(context.run_id, {BATCH_ID_TAG: new.batch_id, USER_ID_TAG: user})
+    # Whoever launched it (the launchpad, mostly), the trigger says the batch came from the UI.
+    tags = batch_run_tags(new.batch_id, "ui", user)
+    context.instance.add_run_tags(
+        context.run_id, {k: v for k, v in tags.items() if k not in context.run.tags}
+    )
     replayed = " (replayed: this key's first batch; nothing written)" if new.replayed else ""
     context.log.info(
         f"batch {new.batch_id}: {new.total_tasks} task(s), {new.invalid_tasks} invalid, "

@@ -37,7 +37,8 @@ class GrsaiTransport(AiohttpTransport):
             async with self.client.request(
                 request.method,
                 str(request.url),
-                headers=request.headers,
+                # Pairs: aiohttp copies a list in C, an httpx Headers mapping item by item.
+                headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,
                 auto_decompress=False,

@@ -200,18 +200,13 @@ def apply_transitions(
 
     Rows whose guard no longer holds are left as they are (and not counted).
     """
-    if is_postgres(conn) and (transitions or polled):
+    if is_postgres(conn) and transitions:
         # Lock the rows in one order (by id) before writing them in groups: two runners writing
         # the same tasks in the order their answers came would deadlock (issue 10's flaky test).
-        ids = sorted({tr.task_id for tr in transitions} | set(polled))
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            conn.execute(
-                sa.select(t.id)
-                .where(t.id.in_(chunk))
-                .order_by(t.id)
-                .with_for_update(key_share=True)
-            ).all()
+        ids = sorted({tr.task_id for tr in transitions})
+        conn.execute(
+            sa.select(t.id).where(t.id.in_(ids)).order_by(t.id).with_for_update(key_share=True)
+        ).all()
     if polled:
         _mark_polled(conn, sorted(polled), now)
     written = 0
@@ -239,11 +234,17 @@ _CHUNK = 500
 
 
 def _mark_polled(conn: Connection, ids: Sequence[str], now: datetime) -> None:
-    """One statement per chunk: a poll that changed nothing still says when it was answered."""
+    """One statement per chunk: a poll that changed nothing still says when it was answered.
+
+    Only an ordering hint, so it never waits for a lock (and cannot deadlock with the guarded
+    writes): a row another writer holds keeps its older time this once.
+    """
     for start in range(0, len(ids), _CHUNK):
-        conn.execute(
-            video_tasks.update().where(t.id.in_(ids[start : start + _CHUNK])).values(polled_at=now)
-        )
+        chunk = t.id.in_(ids[start : start + _CHUNK])
+        if is_postgres(conn):
+            free = sa.select(t.id).where(chunk).with_for_update(skip_locked=True, key_share=True)
+            chunk = t.id.in_(free.scalar_subquery())
+        conn.execute(video_tasks.update().where(chunk).values(polled_at=now))
 
 
 def _waves(transitions: Sequence[Transition]) -> list[list[Transition]]:

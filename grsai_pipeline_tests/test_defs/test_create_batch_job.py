@@ -91,7 +91,7 @@ def test_a_batch_from_the_launchpad_is_reserved_partitioned_tagged_and_run_by_th
     # The partition shows at once; the run is findable by batch and by user.
     assert instance.get_dynamic_partitions("batches") == [batch_id]
     tags = instance.get_run_by_id(result.run_id).tags
-    assert (tags["batch_id"], tags["user_id"]) == (batch_id, "alice")
+    assert (tags["batch_id"], tags["user_id"], tags["grsai/trigger"]) == (batch_id, "alice", "ui")
 
     tick = sensor_tick(instance, None)
 
