@@ -318,9 +318,6 @@ class Engine:
             self._stopped = self._stopped or exc
             self._schedule(task, 0.0)
             return
-        if not self._polled:
-            self._polled_since = time.monotonic()
-        self._polled.append(task.state.id)
         self._record(task.state, task.batch_job_id, Answered(result), task.is_sora)
 
     async def _submit(self, claimed: ClaimedTask) -> None:
@@ -377,6 +374,11 @@ class Engine:
             self._unrecorded.append(transition)
             self.report.count(batch_id, transition)
         if after.status == TaskStatus.PROCESSING.value:
+            if isinstance(event, Answered):
+                # Still at the API: when it was last answered orders the next runner's polls.
+                if not self._polled:
+                    self._polled_since = time.monotonic()
+                self._polled.append(state.id)
             task = RemoteTask(after, batch_id, is_sora)
             self._schedule(task, self.settings.poll_interval_s)
         else:

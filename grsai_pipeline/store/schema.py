@@ -84,8 +84,8 @@ video_tasks = sa.Table(
     sa.Column("failure_kind", sa.String(32), nullable=True),
     sa.Column("submitted_at", UtcDateTime, nullable=True),
     sa.Column("not_found_since", UtcDateTime, nullable=True),
-    # Ours: the last answer to a poll of this task (any answer, a change or not); the next
-    # runner to follow it polls the longest-waiting first.
+    # Ours: the last poll answer that left the task at the API (a change or not); whichever
+    # runner follows it next polls the longest-waiting first.
     sa.Column("polled_at", UtcDateTime, nullable=True),
     sa.Column("claimed_by", sa.String(64), nullable=True),
     sa.Column("claimed_at", UtcDateTime, nullable=True),

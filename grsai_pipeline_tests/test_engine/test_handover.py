@@ -89,8 +89,9 @@ def test_the_longest_waiting_tasks_are_polled_first_whoever_polled_them_last(
     assert report.polls == TASKS  # each once: the next is due an interval (30 s) later
     assert _polled_order(long_api, engine) == list(reversed(task_ids))
     # Every answer is written down, a change or not, for whoever follows them next.
-    polled = rows(engine, "SELECT polled_at FROM video_tasks WHERE polled_at IS NOT NULL")
-    assert len(polled) == TASKS
+    with engine.connect() as conn:
+        polled = list(conn.scalars(sa.select(video_tasks.c.polled_at)))
+    assert len(polled) == TASKS and all(moment >= now for moment in polled)
 
 
 def test_an_older_runner_of_the_open_batches_ends_once_a_newer_one_is_up(
