@@ -3,8 +3,8 @@ every error is one line on stderr."""
 
 from __future__ import annotations
 
-import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -68,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _exit(code: int) -> NoReturn:
     if process.whole:
-        # Shutdown would walk every object Dagster made (a second on these machines,
-        # measured): frozen, they are left to the operating system.
-        gc.freeze()
+        # Interpreter shutdown frees every object Dagster made, one by one (0.3 s after a
+        # run, measured): everything is committed by now, so flush and leave it to the OS.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
     sys.exit(code)

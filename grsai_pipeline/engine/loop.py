@@ -72,7 +72,7 @@ FLUSH_AT: Final = 500
 # When polls were answered (changed or not: ``polled_at``) is written at least this often.
 MARK_POLLED_EVERY_S: Final = 1.0
 # A submit's outcome is written within this (it holds a claim until then).
-RECORD_WITHIN_S: Final = 0.02
+RECORD_WITHIN_S: Final = 0.05
 # How often the database is read again for work that other writers made: every two seconds,
 # or less often when reading takes long (thousands of open batches), never over 5% of the time.
 RESCAN_EVERY_S: Final = 2.0
@@ -415,7 +415,7 @@ class Engine:
         """Whether to write and claim now. A transaction costs about as much as a few requests,
         so each one carries several outcomes and claims; submit outcomes wait at most
         ``RECORD_WITHIN_S`` (they hold claims), poll answers ``FLUSH_EVERY_S``."""
-        batch = max(1, self._slots // 8)
+        batch = max(1, self._slots // 2)
         quiet = not self._in_flight or not open_
         if self._outcomes and (
             self._outcomes >= batch or now - self._outcomes_since >= RECORD_WITHIN_S or quiet
@@ -438,7 +438,7 @@ class Engine:
         """Slots a claim may fill now: never more claims in doubt than there are slots."""
         if not self._claiming or not self._rotation or self._stopped is not None:
             return 0
-        if len(self._to_submit) >= max(1, self._slots // 4):
+        if len(self._to_submit) >= self._slots:
             return 0  # enough claimed and waiting for a slot
         return self._slots - self._in_doubt
 
