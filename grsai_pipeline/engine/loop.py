@@ -9,15 +9,16 @@ takes a due poll or a claimed submit, in turn.
 Every answer goes through :func:`~grsai_pipeline.domain.lifecycle.decide`; the transitions are
 written in bulk, in the same transaction as the next claim (one database round per few
 answers, never one per task), by :func:`~grsai_pipeline.store.tasks.apply_transitions`.
-Database work runs in a worker thread, one transaction at a time, so that the event loop keeps
-the wire busy meanwhile. Every few seconds the engine rescans the database for work other
-writers made (new batches, retries, tasks another runner left, callbacks that finished a task).
+Database work runs one transaction at a time: on PostgreSQL in a worker thread, so that the
+event loop keeps the wire busy meanwhile; on SQLite in the loop (see ``_inline_db``). Every few
+seconds the engine rescans the database for work other writers made (new batches, retries,
+tasks another runner left, callbacks that finished a task). A finished request's slot is
+refilled from its done callback, without waiting for the loop's next pass.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -43,6 +44,7 @@ from grsai_pipeline.domain.lifecycle import (
     decide,
 )
 from grsai_pipeline.domain.states import RetryPolicy, TaskStatus
+from grsai_pipeline.engine.alarm import Alarm
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.scope import Scope
 from grsai_pipeline.errors import ApiUnavailable, RateLimited, RunStopped
@@ -154,7 +156,9 @@ class Engine:
         self._claiming = True
         self._stopped: RunStopped | None = None
         self._failure: BaseException | None = None
-        self._wake = asyncio.Event()
+        self._alarm = Alarm()
+        # Whether a finished job may start the next at once (the loop says so each pass).
+        self._dispatching = False
         self._turn = 0
         self._deadline = 0.0
         self._winding_down = False
@@ -173,6 +177,7 @@ class Engine:
         try:
             return await self._work(until, budget_s)
         finally:
+            self._dispatching = False  # jobs cancelled on the way out start nothing new
             api = self.client.stats
             self.report.api_calls = api.calls - api_before.calls
             self.report.api_retries = api.retries - api_before.retries
@@ -194,6 +199,7 @@ class Engine:
                 self._winding_down = True
             done = open_ and self._winding_down
             working = open_ and not done
+            self._dispatching = working
             if working:
                 self._dispatch(now)
             else:
@@ -247,7 +253,12 @@ class Engine:
         self._in_flight.discard(task)
         if not task.cancelled() and task.exception() is not None and self._failure is None:
             self._failure = task.exception()
-        self._wake.set()
+        now = time.monotonic()
+        refill = self._dispatching and not task.cancelled() and now < self._deadline
+        if refill and self._failure is None and self._stopped is None:
+            # Now, not after the loop's next pass: the wire stays as busy as the floor keeps it.
+            self._dispatch(now)
+        self._alarm.ring()
 
     def _next_due(self, now: float) -> str | None:
         while self._due:
@@ -294,11 +305,9 @@ class Engine:
             wake_at = min(wake_at, self._deadline, self._next_rescan)
             if self._due and len(self._in_flight) < self._slots:
                 wake_at = min(wake_at, self._due[0][0])
-        self._wake.clear()
         if self._sync is not None and self._sync.done():
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - time.monotonic()))
+        await self._alarm.sleep(wake_at - time.monotonic())
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -485,7 +494,7 @@ class Engine:
                 self._rotation.remove(batch_id)  # nothing more to claim there for now
         if seen is not None:
             self._apply_rescan(seen, before_rescan)
-        self._wake.set()
+        self._alarm.ring()
 
     def _transact(
         self,
