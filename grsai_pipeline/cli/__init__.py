@@ -30,6 +30,7 @@ def cli() -> None:
 
     Settings come from the environment (and an optional .env file); see the README.
     """
+    process.collect_from_here()  # the command line's imports are done
 
 
 for command in (db, credits, batch, run, simulator, demo, webhook):
@@ -40,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script: click without its multi-line error blocks.
 
     ``argv`` None means a process of its own (the console script), which may tune its garbage
-    collector for a short life (see ``_exit``); tests pass ``argv`` and share one process.
+    collector and its exit for a short life (``process``, ``_exit``); tests pass ``argv`` and
+    share one process.
     """
     process.whole = argv is None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

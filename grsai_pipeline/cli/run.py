@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from grsai_pipeline.cli import context
+from grsai_pipeline.cli import context, process
 from grsai_pipeline.cli.views import describe_batch
 from grsai_pipeline.domain.states import BatchStatus
 from grsai_pipeline.errors import RunFailed
@@ -28,6 +28,7 @@ def run(batch_id: str, until_settled: bool, timeout: float | None) -> None:
     settings = context.settings()
     settings.require_api_key()
     get_batch(context.database(settings), batch_id, with_tasks=False)  # UnknownBatch: exit 2
+    process.pause_collecting()  # until run_until starts the run
     # Dagster is imported here, not at the top: the other commands never need it.
     from grsai_pipeline.cli.dagster_run import open_instance, run_until
 
