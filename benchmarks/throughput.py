@@ -108,7 +108,8 @@ def measure(command: list[str], env: dict[str, str], stand_in: StandIn) -> Side:
     wall = time.monotonic() - started
     out, err = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{out.decode()}\n{err.decode()[-3000:]}")
+        shown = " ".join(map(str, command))
+        raise SystemExit(f"{shown} failed:\n{out.decode()}\n{err.decode()[-3000:]}")
     stats = stand_in.stats()
     return Side(
         wall_s=wall,
