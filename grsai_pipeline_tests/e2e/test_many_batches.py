@@ -75,6 +75,7 @@ def test_thirty_batches_created_at_once_all_settle_one_run_at_a_time_each(
         for n in range(BATCHES)
     ]
 
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
     with dagster_process(args, env, tmp_path, log):
 
         def all_settled() -> bool:
@@ -82,9 +83,18 @@ def test_thirty_batches_created_at_once_all_settle_one_run_at_a_time_each(
             return found[0]["n"] == BATCHES
 
         wait_for(all_settled, 420, f"{BATCHES} batches to settle under dagster dev", log)
+        # A run writes a batch's settled_ledger event just after it commits the settlement:
+        # stopping dagster dev at once could cut the last ones off.
+        with dg.DagsterInstance.get() as instance:
+            key = dg.AssetKey("settled_ledger")
+            wait_for(
+                lambda: set(batch_ids) <= instance.get_materialized_partitions(key),
+                60,
+                "a settled_ledger materialization of each batch",
+                log,
+            )
 
     assert_ledger_invariants(engine)
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
     with dg.DagsterInstance.get() as instance:
         for batch_id in batch_ids:
             polled = _materializations(instance, "polled_results", batch_id)
