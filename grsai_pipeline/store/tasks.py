@@ -10,7 +10,9 @@ submit's outcome.
 :func:`apply_transitions` is the only code that writes a task's state after an event. Each
 write carries the guard its transition names (status, remote task, claim), so a late answer,
 an overlapping runner or a repeated callback leaves a task it no longer applies to alone.
-Transitions of one shape are written with one statement (executemany).
+Transitions of one shape are written with one statement: an executemany on SQLite, one
+``UPDATE ... FROM unnest(arrays)`` on PostgreSQL (where psycopg2's executemany sends, and the
+server plans, one UPDATE per row: 5.6 s of a 5,000-task run's profile, measured).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from grsai_pipeline.domain.lifecycle import TaskState, Transition
@@ -108,7 +111,7 @@ _CLAIMABLE = (
 )
 _TAKE = (
     video_tasks.update()
-    .where(t.id == sa.bindparam("w_id"))
+    .where(t.id.in_(sa.bindparam("w_ids", expanding=True)))
     .values(
         claimed_by=sa.bindparam("v_runner"),
         claimed_at=sa.bindparam("v_now", type_=UtcDateTime()),
@@ -150,18 +153,11 @@ def claim_waiting_tasks(
             ).all()
     if not rows:
         return []
-    conn.execute(
-        _TAKE,
-        [
-            {
-                "w_id": row.id,
-                "v_runner": runner_id,
-                "v_now": now,
-                "v_reclaimed": int(row.claimed_by is not None),
-            }
-            for row in rows
-        ],
-    )
+    for reclaimed in (False, True):
+        ids = [row.id for row in rows if (row.claimed_by is not None) == reclaimed]
+        for start in range(0, len(ids), _CHUNK):
+            params = {"v_runner": runner_id, "v_now": now, "v_reclaimed": int(reclaimed)}
+            conn.execute(_TAKE, {**params, "w_ids": ids[start : start + _CHUNK]})
     started = sorted({row.batch_job_id for row in rows} - set(running))
     if started:
         conn.execute(_START_BATCH, [{"w_batch": b, "v_now": now} for b in started])
@@ -210,6 +206,7 @@ def apply_transitions(
     if polled:
         _mark_polled(conn, sorted(polled), now)
     written = 0
+    postgres = is_postgres(conn)
     for wave in _waves(transitions):
         shapes: dict[tuple[Any, ...], list[Transition]] = defaultdict(list)
         for transition in wave:
@@ -221,10 +218,17 @@ def apply_transitions(
                 transition.possible_duplicates > 0,
             )
             shapes[shape].append(transition)
-        for (columns, statuses, by_remote, ends_claim, duplicates), group in shapes.items():
-            statement = _guarded_update(columns, statuses, by_remote, ends_claim, duplicates)
+        for shape, group in shapes.items():
             params = [_params_of(tr, runner_id, now) for tr in group]
-            result = conn.execute(statement, params[0] if len(params) == 1 else params)
+            if postgres and len(params) > 1:
+                names = tuple(params[0])
+                columns = {name: [row[name] for row in params] for name in names}
+                result = conn.execute(_guarded_update_from(*shape, names), columns)
+                written += max(0, result.rowcount)
+                continue
+            result = conn.execute(
+                _guarded_update(*shape), params[0] if len(params) == 1 else params
+            )
             written += max(0, result.rowcount)
     return written
 
@@ -286,6 +290,51 @@ def _guarded_update(
     if counts_duplicates:
         values["possible_duplicates"] = t.possible_duplicates + sa.bindparam("v_duplicates")
     return video_tasks.update().where(*guard).values(values)
+
+
+@functools.lru_cache(maxsize=256)
+def _guarded_update_from(
+    columns: tuple[str, ...],
+    statuses: Collection[str],
+    by_remote: bool,
+    ends_claim: bool,
+    counts_duplicates: bool,
+    names: tuple[str, ...],
+) -> sa.Update:
+    """:func:`_guarded_update` for many rows in one statement (PostgreSQL): each parameter
+    of :func:`_params_of` comes as an array, ``unnest`` makes the rows, joined to their task
+    by id. One statement per shape whatever the number of rows, so it is compiled once."""
+    arrays = [sa.cast(sa.bindparam(name), ARRAY(_param_type(name))) for name in names]
+    given = (
+        sa.func.unnest(*arrays)
+        .table_valued(*(sa.column(name, _param_type(name)) for name in names))
+        .render_derived(name="given")
+    )
+    g = given.c
+    values: dict[str, Any] = {name: g[f"v_{name}"] for name in columns}
+    values["updated_at"] = g.v_updated_at
+    guard = [
+        t.id == g.w_id,
+        t.status.in_([sa.literal_column(f"'{_status_word(s)}'") for s in sorted(statuses)]),
+    ]
+    if by_remote:
+        guard.append(t.grsai_task_id == g.w_remote)
+    if ends_claim:
+        guard.append(t.claimed_by == g.w_runner)
+        values |= {"claimed_by": None, "claimed_at": None}
+    if counts_duplicates:
+        values["possible_duplicates"] = t.possible_duplicates + g.v_duplicates
+    return video_tasks.update().where(*guard).values(values)
+
+
+def _param_type(name: str) -> Any:
+    """The column type of one of :func:`_params_of`'s parameters."""
+    column = {"w_id": "id", "w_remote": "grsai_task_id", "w_runner": "claimed_by"}.get(name)
+    if column is None:
+        column = name.removeprefix("v_")
+        if column == "duplicates":
+            return sa.Integer()
+    return video_tasks.c[column].type
 
 
 def _status_word(status: str) -> str:

@@ -503,6 +503,24 @@ def test_an_outcome_for_a_claim_this_runner_lost_changes_nothing(engine: sa.Engi
     ]
 
 
+def test_outcomes_written_together_skip_and_do_not_count_the_claims_this_runner_lost(
+    engine: sa.Engine,
+) -> None:
+    stale, taken = _lost_claims(engine, 3)
+    batch_id = _batch(engine, 3)
+    mine = claim(engine, batch_id, "runner-a")
+    # One statement for all six (same kind of outcome): only runner a's own three are written.
+    outcomes: list[tuple[TaskState, Event]] = [
+        (t.state, Accepted(f"remote-{i}")) for i, t in enumerate(stale + mine)
+    ]
+
+    assert record(engine, "runner-a", outcomes) == 3
+    assert [task_row(engine, t.state.id)["claimed_by"] for t in taken] == ["runner-b"] * 3
+    assert [t["grsai_task_id"] for t in tasks_of(engine, batch_id)] == [
+        "remote-3", "remote-4", "remote-5",
+    ]  # fmt: skip
+
+
 def test_an_outcome_for_a_task_no_longer_waiting_changes_nothing(engine: sa.Engine) -> None:
     batch_id = _batch(engine, 1)
     (task,) = claim(engine, batch_id, "runner-a")
