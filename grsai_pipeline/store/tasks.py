@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -155,8 +155,8 @@ def claim_waiting_tasks(
         return []
     for reclaimed in (False, True):
         ids = [row.id for row in rows if (row.claimed_by is not None) == reclaimed]
+        params = {"v_runner": runner_id, "v_now": now, "v_reclaimed": int(reclaimed)}
         for start in range(0, len(ids), _CHUNK):
-            params = {"v_runner": runner_id, "v_now": now, "v_reclaimed": int(reclaimed)}
             conn.execute(_TAKE, {**params, "w_ids": ids[start : start + _CHUNK]})
     started = sorted({row.batch_job_id for row in rows} - set(running))
     if started:
@@ -222,13 +222,13 @@ def apply_transitions(
             params = [_params_of(tr, runner_id, now) for tr in group]
             if postgres and len(params) > 1:
                 names = tuple(params[0])
-                columns = {name: [row[name] for row in params] for name in names}
-                result = conn.execute(_guarded_update_from(*shape, names), columns)
-                written += max(0, result.rowcount)
-                continue
-            result = conn.execute(
-                _guarded_update(*shape), params[0] if len(params) == 1 else params
-            )
+                statement = _guarded_update_from(*shape, names)
+                arrays = {name: [row[name] for row in params] for name in names}
+                result = conn.execute(statement, arrays)
+            else:
+                result = conn.execute(
+                    _guarded_update(*shape), params[0] if len(params) == 1 else params
+                )
             written += max(0, result.rowcount)
     return written
 
@@ -273,23 +273,9 @@ def _guarded_update(
     ends_claim: bool,
     counts_duplicates: bool,
 ) -> sa.Update:
-    values: dict[str, Any] = {
-        name: sa.bindparam(f"v_{name}", type_=video_tasks.c[name].type) for name in columns
-    }
-    values["updated_at"] = sa.bindparam("v_updated_at", type_=t.updated_at.type)
-    guard = [
-        t.id == sa.bindparam("w_id"),
-        # Inline statuses (our own constants): an expanding IN cannot take part in executemany.
-        t.status.in_([sa.literal_column(f"'{_status_word(s)}'") for s in sorted(statuses)]),
-    ]
-    if by_remote:
-        guard.append(t.grsai_task_id == sa.bindparam("w_remote"))
-    if ends_claim:
-        guard.append(t.claimed_by == sa.bindparam("w_runner"))
-        values |= {"claimed_by": None, "claimed_at": None}
-    if counts_duplicates:
-        values["possible_duplicates"] = t.possible_duplicates + sa.bindparam("v_duplicates")
-    return video_tasks.update().where(*guard).values(values)
+    """One task per execution (an executemany takes many): its parameters are bound."""
+    shape = (columns, statuses, by_remote, ends_claim, counts_duplicates)
+    return _guarded_write(*shape, lambda name: sa.bindparam(name, type_=_param_type(name)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -301,29 +287,43 @@ def _guarded_update_from(
     counts_duplicates: bool,
     names: tuple[str, ...],
 ) -> sa.Update:
-    """:func:`_guarded_update` for many rows in one statement (PostgreSQL): each parameter
-    of :func:`_params_of` comes as an array, ``unnest`` makes the rows, joined to their task
-    by id. One statement per shape whatever the number of rows, so it is compiled once."""
+    """Many tasks in one statement (PostgreSQL): each parameter of :func:`_params_of` comes
+    as an array, ``unnest`` makes the rows, joined to their task by id. One statement per
+    shape whatever the number of rows, so it is compiled once."""
     arrays = [sa.cast(sa.bindparam(name), ARRAY(_param_type(name))) for name in names]
     given = (
         sa.func.unnest(*arrays)
         .table_valued(*(sa.column(name, _param_type(name)) for name in names))
         .render_derived(name="given")
     )
-    g = given.c
-    values: dict[str, Any] = {name: g[f"v_{name}"] for name in columns}
-    values["updated_at"] = g.v_updated_at
+    shape = (columns, statuses, by_remote, ends_claim, counts_duplicates)
+    return _guarded_write(*shape, lambda name: given.c[name])
+
+
+def _guarded_write(
+    columns: tuple[str, ...],
+    statuses: Collection[str],
+    by_remote: bool,
+    ends_claim: bool,
+    counts_duplicates: bool,
+    param: Callable[[str], Any],
+) -> sa.Update:
+    """The UPDATE of one shape of transition, with its guard; ``param`` gives the value of
+    each parameter of :func:`_params_of` by name."""
+    values: dict[str, Any] = {name: param(f"v_{name}") for name in columns}
+    values["updated_at"] = param("v_updated_at")
     guard = [
-        t.id == g.w_id,
+        t.id == param("w_id"),
+        # Inline statuses (our own constants): an expanding IN cannot take part in executemany.
         t.status.in_([sa.literal_column(f"'{_status_word(s)}'") for s in sorted(statuses)]),
     ]
     if by_remote:
-        guard.append(t.grsai_task_id == g.w_remote)
+        guard.append(t.grsai_task_id == param("w_remote"))
     if ends_claim:
-        guard.append(t.claimed_by == g.w_runner)
+        guard.append(t.claimed_by == param("w_runner"))
         values |= {"claimed_by": None, "claimed_at": None}
     if counts_duplicates:
-        values["possible_duplicates"] = t.possible_duplicates + g.v_duplicates
+        values["possible_duplicates"] = t.possible_duplicates + param("v_duplicates")
     return video_tasks.update().where(*guard).values(values)
 
 
