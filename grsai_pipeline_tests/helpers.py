@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,3 +92,41 @@ def table_snapshot(engine: sa.Engine) -> dict[str, list[dict[str, Any]]]:
     """Every row of the four tables, to compare before and after."""
     names = ("credit_accounts", "batch_jobs", "video_tasks", "credit_ledger")
     return {name: rows(engine, f"SELECT * FROM {name} ORDER BY 1") for name in names}
+
+
+def write_rows_batch(
+    engine: sa.Engine,
+    user: str,
+    tasks: Sequence[dict[str, Any]],
+    *,
+    status: str = "queued",
+    price: int | None = None,
+) -> str:
+    """A batch as a web app writes it (SPEC 1, "Batches written as rows"): one ``batch_jobs``
+    row and its ``video_tasks`` rows in one transaction, plain SQL, no credit entries, and the
+    writer's own ``price`` when given (never trusted); returns the batch id."""
+    batch_id = str(uuid.uuid4())
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO batch_jobs (id, user_id, status, total_tasks, created_at, updated_at)"
+                " VALUES (:id, :user, 'pending', :total, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ),
+            {"id": batch_id, "user": user, "total": len(tasks)},
+        )
+        for index, task in enumerate(tasks):
+            columns = ["id", "user_id", "batch_job_id", "batch_index", "status", *task]
+            values = {"id": str(uuid.uuid4()), "user_id": user, "batch_job_id": batch_id}
+            values |= {"batch_index": index, "status": status, **task}
+            if price is not None:
+                columns.append("price")
+                values["price"] = price
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO video_tasks ({', '.join(columns)}, created_at, updated_at)"
+                    f" VALUES ({', '.join(':' + c for c in columns)},"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                values,
+            )
+    return batch_id

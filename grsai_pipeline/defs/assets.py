@@ -40,6 +40,7 @@ from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
 from grsai_pipeline.store.batches import BatchView, get_batch, read_batch
 from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.intake import take_in_batch
 from grsai_pipeline.store.outcomes import BatchOutcomes, batch_outcomes
 from grsai_pipeline.store.retries import retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
@@ -145,6 +146,14 @@ def batch_lifecycle(
     """One batch from its waiting tasks to its settled credits."""
     batch_id = _open_batch(context, app_db)
     db = app_db.engine()
+    # A batch a web app wrote as rows is priced and reserved (or refused) before anything else.
+    intake = take_in_batch(db, batch_id, grsai.settings().price_table)
+    if intake.priced or intake.invalid:
+        context.log.info(
+            intake.refused
+            or f"took in {intake.priced} task(s) written as rows for {intake.reserved_credits}"
+            f" credits; {intake.invalid} invalid"
+        )
     retry = retry_failed_tasks(db, batch_id)
     if retry.retried or retry.short_of_credits:
         context.log.info(
@@ -155,6 +164,7 @@ def batch_lifecycle(
         asset_key=PENDING.key,
         metadata={
             **_view_metadata(app_db, batch_id),
+            "tasks_taken_in": intake.priced,
             "retries_started": retry.retried,
             "retries_short_of_credits": retry.short_of_credits,
         },

@@ -135,3 +135,44 @@ def settled_batch_violations(
     if unfinished_tasks:
         problems.append(f"{unfinished_tasks} task(s) still pending or processing")
     return problems
+
+
+@dataclass(frozen=True)
+class TaskPayment:
+    """One task as the ledger knows it: its current (highest) reservation, if any, and the
+    entry that closed it, if any (SPEC 1, "Paid before sent")."""
+
+    status: str
+    price: int
+    grsai_task_id: str | None
+    reservation: int | None
+    closed_by: str | None
+    batch_settled: bool
+
+
+def task_payment_violations(task: TaskPayment) -> list[str]:
+    """How a task's money breaks SPEC 1, as sentences; empty when it is paid as it should be.
+
+    A task at the API must hold a reservation (unless free); once its batch is settled, a
+    succeeded task's reservation is charged and a failed one's refunded."""
+    problems = []
+    reserved = task.reservation is not None
+    if task.grsai_task_id is not None and not reserved and task.price > 0:
+        problems.append(f"was sent to the API (remote task {task.grsai_task_id}) unreserved")
+    if not task.batch_settled:
+        return problems  # charges and refunds are written when the batch settles
+    succeeded = task.status == TaskStatus.SUCCEEDED
+    final = succeeded or task.status == TaskStatus.FAILED
+    if final and reserved and task.closed_by is None:
+        problems.append(
+            ("succeeded without a charge: " if succeeded else "")
+            + f"reservation {task.reservation} of this {task.status} task is neither charged"
+            " nor refunded"
+        )
+    elif succeeded and not reserved and task.price > 0:
+        problems.append(f"succeeded without a charge: {task.price} credits never reserved")
+    elif succeeded and task.closed_by == EntryKind.REFUND:
+        problems.append(f"succeeded without a charge: reservation {task.reservation} was refunded")
+    elif task.status == TaskStatus.FAILED and task.closed_by == EntryKind.CHARGE:
+        problems.append(f"failed but reservation {task.reservation} was charged")
+    return problems

@@ -6,7 +6,8 @@ Events: a submit's outcome (:class:`Accepted`, :class:`Rejected`, :class:`Submit
 :class:`NotSent`), an answer about the remote task from a poll or a callback
 (:class:`Answered`), a stored row that breaks a rule of SPEC 2 (:class:`FoundInvalid`), a retry
 by backfill with a new reservation (:class:`RetriedByBackfill`) or one the balance cannot cover
-(:class:`RetryRefused`), and a cancel (:class:`Cancelled`).
+(:class:`RetryRefused`), a cancel (:class:`Cancelled`), and the intake of a task a web app
+wrote as a row (:class:`TakenIn`: priced, or refused before anything is sent).
 
 A :class:`Transition` names the fields that change (SPEC 1's column names) and what the row
 must still be for the change to apply; the store turns that guard into its WHERE clause, so a
@@ -129,6 +130,16 @@ class RetryRefused:
 
 
 @dataclass(frozen=True)
+class TakenIn:
+    """The pipeline took in a task written as a row (SPEC 1): ``price`` from the price table,
+    and ``refusal`` (why, and the message) when it may not be sent: invalid, or its batch is
+    more than the balance covers."""
+
+    price: int
+    refusal: tuple[FailureKind, str] | None = None
+
+
+@dataclass(frozen=True)
 class Cancelled:
     """The batch was cancelled before this task was sent."""
 
@@ -145,6 +156,7 @@ Event = (
     | RetriedByBackfill
     | RetryRefused
     | Cancelled
+    | TakenIn
 )
 SUBMIT_OUTCOMES: Final = (Accepted, Rejected, SubmitFailed, NotSent, FoundInvalid)
 
@@ -192,6 +204,13 @@ def decide(
         change = _failed(FailureKind.CANCELLED, f"{CANCELLED_PREFIX} {event.reason}")
         change |= _NO_REMOTE_TASK
         return Transition(task.id, change, WAITING, event=event)
+    if isinstance(event, TakenIn):
+        taken: dict[str, object] = {"price": event.price, "priced_at": now}
+        if event.refusal is None:
+            taken["status"] = TaskStatus.PENDING.value  # a row written as queued is pending
+        else:
+            taken |= _failed(*event.refusal)
+        return Transition(task.id, taken, WAITING, event=event)
     raise TypeError(f"unknown event {event!r}")
 
 

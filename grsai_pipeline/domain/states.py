@@ -45,6 +45,8 @@ class FailureKind(StrEnum):
     NO_VIDEO_URL = "no_video_url"
     NOT_FOUND = "not_found"
     CANCELLED = "cancelled"
+    # A batch written as rows that the balance could not cover: refused whole, never sent.
+    INSUFFICIENT_CREDITS = "insufficient_credits"
 
 
 # Resubmitted inside one reservation while attempts remain (SPEC 3).

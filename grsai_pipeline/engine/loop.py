@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as Database
 
 from grsai_pipeline.domain.lifecycle import (
@@ -43,6 +44,7 @@ from grsai_pipeline.domain.lifecycle import (
     Transition,
     decide,
 )
+from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import RetryPolicy, TaskStatus
 from grsai_pipeline.engine.alarm import Alarm
 from grsai_pipeline.engine.report import EngineReport
@@ -52,6 +54,7 @@ from grsai_pipeline.grsai.client import GrsaiClient
 from grsai_pipeline.store.cancels import cancelled_among, sweep_cancelled
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import is_postgres, reading
+from grsai_pipeline.store.intake import awaiting_intake, take_in_batch
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.store.tasks import (
@@ -60,7 +63,6 @@ from grsai_pipeline.store.tasks import (
     apply_transitions,
     claim_waiting_tasks,
     ids_at_api,
-    take_queued_as_pending,
     tasks_at_api,
     unfinished_per_batch,
     waiting_per_batch,
@@ -97,6 +99,7 @@ class EngineSettings:
     claim_lease_s: float
     policy: RetryPolicy
     webhook_for: Callable[[str], str]
+    prices: PriceTable
 
 
 class Engine:
@@ -555,24 +558,27 @@ class Engine:
         with reading(self.db) as conn:
             handed_over = self.scope.handed_over(conn, self.heartbeat)
             batches = [] if handed_over else self.scope.batch_ids(conn)
-            waiting = (
-                waiting_per_batch(conn, batches, self.settings.claim_lease_s, utc_now())
-                if batches
-                else {}
-            )
-        cancelled = self._sweep_cancelled([b for b, (p, q) in waiting.items() if p + q])
-        waiting = {b: counts for b, counts in waiting.items() if b not in cancelled}
-        queued = [b for b, (_, n) in waiting.items() if n]
-        if queued:
-            with self.db.begin() as conn:
-                take_queued_as_pending(conn, queued, utc_now())
+            unpriced = awaiting_intake(conn, set(batches)) if batches else []
+            waiting = self._waiting(conn, batches)
+        if unpriced:
+            for batch_id in unpriced:
+                # Written as rows by a web app: priced and paid for before any of it is sent.
+                take_in_batch(self.db, batch_id, self.settings.prices)
+            with reading(self.db) as conn:
+                waiting = self._waiting(conn, batches)
+        cancelled = self._sweep_cancelled([b for b, (_, n) in waiting.items() if n])
+        claimable = {b: paid for b, (paid, _) in waiting.items() if b not in cancelled}
         with reading(self.db) as conn:
             unfinished = unfinished_per_batch(conn, batches) if batches else {}
             ids = ids_at_api(conn, batches) if batches else set()
             unknown = ids - known
             new = tasks_at_api(conn, unknown) if unknown else []
-        pending = {b: p + q for b, (p, q) in waiting.items()}
-        return Rescan(batches, pending, unfinished, ids, new, handed_over)
+        return Rescan(batches, claimable, unfinished, ids, new, handed_over)
+
+    def _waiting(self, conn: Connection, batches: list[str]) -> dict[str, tuple[int, int]]:
+        if not batches:
+            return {}
+        return waiting_per_batch(conn, batches, self.settings.claim_lease_s, utc_now())
 
     def _sweep_cancelled(self, batch_ids: list[str]) -> set[str]:
         """Of the batches with waiting tasks, those cancelled: their waiting tasks fail and

@@ -46,6 +46,7 @@ def engine_settings(settings: Settings) -> EngineSettings:
         claim_lease_s=settings.claim_lease_s,
         policy=settings.retry_policy,
         webhook_for=_webhook_maker(settings),
+        prices=settings.price_table,
     )
 
 

@@ -10,9 +10,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from grsai_pipeline.domain.ledger import (
+    EntryKind,
     LedgerTotals,
+    TaskPayment,
     account_violations,
     settled_batch_violations,
+    task_payment_violations,
 )
 from grsai_pipeline.domain.states import BatchStatus, TaskStatus
 from grsai_pipeline.errors import UnknownBatch
@@ -48,6 +51,7 @@ def ledger_problems(engine: Engine, batch_id: str) -> list[str]:
                 ledger_totals(conn, batch_id=batch_id),
                 unfinished,
             )
+        problems += task_payment_problems(conn, batch_id)
     return problems
 
 
@@ -102,6 +106,62 @@ def verify_ledger(engine: Engine) -> list[str]:
             else:
                 found = []
             problems += [f"batch {batch.id}: {p}" for p in found]
+        problems += task_payment_problems(conn, None)
+    return problems
+
+
+def task_payment_problems(conn: Connection, batch_id: str | None) -> list[str]:
+    """Every task of the batch (of every batch when None) whose money breaks SPEC 1's "Paid
+    before sent" or was not settled as its status says, each sentence naming the task."""
+    entry = credit_ledger.c
+    t = video_tasks.c
+    current = sa.select(
+        entry.video_task_id, sa.func.max(entry.reservation).label("reservation")
+    ).where(entry.kind == EntryKind.RESERVE.value)
+    if batch_id is not None:
+        current = current.where(entry.batch_job_id == batch_id)
+    latest = current.group_by(entry.video_task_id).subquery("latest")
+    closes = credit_ledger.alias("closes")
+    query = (
+        sa.select(
+            t.id,
+            t.batch_job_id,
+            t.batch_index,
+            t.status,
+            t.price,
+            t.grsai_task_id,
+            latest.c.reservation,
+            closes.c.kind,
+            batch_jobs.c.status.label("batch_status"),
+        )
+        .join(batch_jobs, batch_jobs.c.id == t.batch_job_id)
+        .outerjoin(latest, latest.c.video_task_id == t.id)
+        .outerjoin(
+            closes,
+            sa.and_(
+                closes.c.video_task_id == t.id,
+                closes.c.reservation == latest.c.reservation,
+                closes.c.kind.in_([EntryKind.CHARGE.value, EntryKind.REFUND.value]),
+            ),
+        )
+        .order_by(batch_jobs.c.created_at, t.batch_job_id, t.batch_index)
+    )
+    if batch_id is not None:
+        query = query.where(t.batch_job_id == batch_id)
+    problems = []
+    for row in conn.execute(query):
+        payment = TaskPayment(
+            status=row.status,
+            price=row.price,
+            grsai_task_id=row.grsai_task_id,
+            reservation=row.reservation,
+            closed_by=row.kind,
+            batch_settled=row.batch_status == BatchStatus.SETTLED,
+        )
+        problems += [
+            f"task {row.id} (batch {row.batch_job_id} #{row.batch_index}): {p}"
+            for p in task_payment_violations(payment)
+        ]
     return problems
 
 

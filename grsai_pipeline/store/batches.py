@@ -89,6 +89,7 @@ def create_batch(
             progress=0,
             created_at=now,
             updated_at=now,
+            priced_at=now,
         )
     needed = sum(e.amount for e in entries)
     invalid = sum(1 for r in rows if r["status"] == TaskStatus.FAILED)

@@ -98,6 +98,9 @@ video_tasks = sa.Table(
     sa.Column("video_bytes", sa.BigInteger, nullable=True),
     sa.Column("video_sha256", sa.String(64), nullable=True),
     sa.Column("archive_error", sa.Text, nullable=True),
+    # Ours: when the pipeline priced the task from the price table (at ``batch create``, or at
+    # the intake of a batch written as rows); a task never priced is never claimed, never sent.
+    sa.Column("priced_at", UtcDateTime, nullable=True),
     sa.UniqueConstraint("batch_job_id", "batch_index", name="uq_video_tasks_batch_index"),
     sa.CheckConstraint(
         "status IN ('pending', 'queued', 'processing', 'succeeded', 'failed')", name="status_known"
@@ -113,6 +116,13 @@ video_tasks = sa.Table(
         "updated_at",
         sqlite_where=sa.text("status = 'succeeded' AND archived_url IS NULL"),
         postgresql_where=sa.text("status = 'succeeded' AND archived_url IS NULL"),
+    ),
+    # Tasks a web app wrote as rows and nobody has priced yet (store/intake.py): few, findable.
+    sa.Index(
+        "ix_video_tasks_unpriced",
+        "batch_job_id",
+        sqlite_where=sa.text("priced_at IS NULL"),
+        postgresql_where=sa.text("priced_at IS NULL"),
     ),
 )
 

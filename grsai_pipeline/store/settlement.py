@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, Row
 
 from grsai_pipeline.domain.ledger import closing_entry
 from grsai_pipeline.domain.states import BatchStatus
@@ -38,40 +40,44 @@ def settle_batch(engine: Engine, batch_id: str) -> Settlement:
     transaction, and the ledger's unique keys refuse a second close of any reservation. A batch
     already settled with nothing open is left exactly as it is (no write at all).
     """
-    now = utc_now()
     with engine.begin() as conn:
-        batch = lock_batch(conn, batch_id)
-        unfinished = count_unfinished(conn, [batch_id])
-        if unfinished:
-            return Settlement(
-                batch_id,
-                batch.status,
-                unfinished,
-                0,
-                batch.reserved_credits,
-                batch.charged_credits,
-                batch.refunded_credits,
-            )
-        entries = [e for r in open_reservations(conn, batch_id) if (e := closing_entry(r))]
-        if batch.status == BatchStatus.SETTLED and not entries:
-            return Settlement(
-                batch_id,
-                batch.status,
-                0,
-                0,
-                batch.reserved_credits,
-                batch.charged_credits,
-                batch.refunded_credits,
-            )
-        record_transaction(conn, entries, now)
-        settled = conn.execute(
-            batch_jobs.update()
-            .where(batch_jobs.c.id == batch_id)
-            .values(status=BatchStatus.SETTLED.value, settled_at=now, updated_at=now)
-            .returning(
-                batch_jobs.c.reserved_credits,
-                batch_jobs.c.charged_credits,
-                batch_jobs.c.refunded_credits,
-            )
-        ).one()
+        return settle_locked(conn, lock_batch(conn, batch_id), utc_now())
+
+
+def settle_locked(conn: Connection, batch: Row[Any], now: datetime) -> Settlement:
+    """:func:`settle_batch` in the caller's transaction, which holds ``batch``'s row lock."""
+    batch_id = batch.id
+    unfinished = count_unfinished(conn, [batch_id])
+    if unfinished:
+        return Settlement(
+            batch_id,
+            batch.status,
+            unfinished,
+            0,
+            batch.reserved_credits,
+            batch.charged_credits,
+            batch.refunded_credits,
+        )
+    entries = [e for r in open_reservations(conn, batch_id) if (e := closing_entry(r))]
+    if batch.status == BatchStatus.SETTLED and not entries:
+        return Settlement(
+            batch_id,
+            batch.status,
+            0,
+            0,
+            batch.reserved_credits,
+            batch.charged_credits,
+            batch.refunded_credits,
+        )
+    record_transaction(conn, entries, now)
+    settled = conn.execute(
+        batch_jobs.update()
+        .where(batch_jobs.c.id == batch_id)
+        .values(status=BatchStatus.SETTLED.value, settled_at=now, updated_at=now)
+        .returning(
+            batch_jobs.c.reserved_credits,
+            batch_jobs.c.charged_credits,
+            batch_jobs.c.refunded_credits,
+        )
+    ).one()
     return Settlement(batch_id, BatchStatus.SETTLED.value, 0, len(entries), *settled)

@@ -1,11 +1,12 @@
 """Task rows as the engine sees them: claiming waiting tasks, reading what is at the API, and
 the one writer that applies the lifecycle's transitions.
 
-A claim marks a task as "being submitted by runner R". Only tasks with no claim, or with the
-claim of a runner whose heartbeat went stale (:mod:`grsai_pipeline.store.runners`), can be
-claimed; PostgreSQL skips rows another runner has locked (``FOR UPDATE SKIP LOCKED``) and
-SQLite serialises writers with ``BEGIN IMMEDIATE``. A claim ends when its runner records the
-submit's outcome.
+A claim marks a task as "being submitted by runner R". Only tasks that are paid for (priced
+by the pipeline, and free or holding an open ``reserve``: SPEC 1, "Paid before sent") and have
+no claim, or the claim of a runner whose heartbeat went stale
+(:mod:`grsai_pipeline.store.runners`), can be claimed; PostgreSQL skips rows another runner
+has locked (``FOR UPDATE SKIP LOCKED``) and SQLite serialises writers with ``BEGIN IMMEDIATE``.
+A claim ends when its runner records the submit's outcome.
 
 :func:`apply_transitions` is the only code that writes a task's state after an event. Each
 write carries the guard its transition names (status, remote task, claim), so a late answer,
@@ -22,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -39,9 +40,32 @@ from grsai_pipeline.domain.tasks import SORA_MODELS, TASK_FIELDS, TaskSpec, vali
 from grsai_pipeline.errors import InvalidTask
 from grsai_pipeline.store.columns import UtcDateTime
 from grsai_pipeline.store.db import is_postgres
-from grsai_pipeline.store.schema import batch_jobs, pipeline_runners, video_tasks
+from grsai_pipeline.store.schema import batch_jobs, credit_ledger, pipeline_runners, video_tasks
 
 t = video_tasks.c
+
+
+def _paid_for() -> sa.ColumnElement[bool]:
+    """Paid before sent (SPEC 1), as SQL on a ``video_tasks`` row: the pipeline priced it
+    (store/intake.py) and it is free or its current reservation has a ``reserve`` entry that
+    no ``charge`` or ``refund`` has closed yet."""
+    reserves = credit_ledger.alias("paid_reserve")
+    closes = credit_ledger.alias("paid_close")
+    closed = sa.exists().where(
+        closes.c.video_task_id == reserves.c.video_task_id,
+        closes.c.reservation == reserves.c.reservation,
+        # Inline kinds: SQLite uses a partial unique index only for the very values it names.
+        closes.c.kind.in_([sa.literal_column("'charge'"), sa.literal_column("'refund'")]),
+    )
+    open_reserve = sa.exists().where(
+        reserves.c.video_task_id == t.id,
+        reserves.c.kind == sa.literal_column("'reserve'"),
+        ~closed,
+    )
+    return sa.and_(t.priced_at.is_not(None), sa.or_(t.price == 0, open_reserve))
+
+
+PAID_FOR: Final = _paid_for()
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,7 @@ _CLAIMABLE = (
     .where(
         t.batch_job_id == sa.bindparam("batch_id"),
         t.status == TaskStatus.PENDING.value,
+        PAID_FOR,
         # A cancelled batch is never submitted again (store/cancels.py).
         ~sa.exists().where(
             batch_jobs.c.id == sa.bindparam("batch_id"), batch_jobs.c.cancelled_at.is_not(None)
@@ -164,23 +189,19 @@ def claim_waiting_tasks(
     return [_claimed(row) for row in rows]
 
 
-def take_queued_as_pending(conn: Connection, batch_ids: Sequence[str], now: datetime) -> int:
-    """Rows another writer stored as ``queued`` are pending (SPEC 1); returns how many."""
-    result = conn.execute(
-        video_tasks.update()
-        .where(t.batch_job_id.in_(batch_ids), t.status == QUEUED)
-        .values(status=TaskStatus.PENDING.value, updated_at=now)
-    )
-    return max(0, result.rowcount)
-
-
 def _claimed(row: Any) -> ClaimedTask:
+    spec, reason = validate_row(row)
+    return ClaimedTask(_state(row), row.batch_job_id, spec, reason, row.claimed_by is not None)
+
+
+def validate_row(row: Any) -> tuple[TaskSpec | None, str | None]:
+    """A stored task checked against SPEC 2 again (other writers insert rows): its spec, or
+    None and the ``INVALID_INPUT:`` message."""
     try:
         stored = {name: getattr(row, name) for name in TASK_FIELDS}
-        spec, reason = validate_task(stored, allow_unknown_fields=True), None
+        return validate_task(stored, allow_unknown_fields=True), None
     except InvalidTask as exc:
-        spec, reason = None, str(exc)
-    return ClaimedTask(_state(row), row.batch_job_id, spec, reason, row.claimed_by is not None)
+        return None, str(exc)
 
 
 def apply_transitions(
@@ -392,25 +413,23 @@ def ids_at_api(conn: Connection, batch_ids: Sequence[str]) -> set[str]:
 def waiting_per_batch(
     conn: Connection, batch_ids: Sequence[str] | None, lease_s: float, now: datetime
 ) -> dict[str, tuple[int, int]]:
-    """How many tasks wait to be submitted and may be claimed now (no claim of a live runner),
-    per batch (of all batches when None): pending, and queued by another writer."""
+    """Per batch (of all batches when None), the tasks that wait to be submitted with no
+    claim of a live runner: ``(claimable, waiting)``, where claimable ones are also paid for
+    (a cancel fails every waiting one; only claimable ones may be sent)."""
     live = sa.select(pipeline_runners.c.runner_id).where(
         pipeline_runners.c.heartbeat_at >= now - timedelta(seconds=lease_s)
     )
-    query = sa.select(t.batch_job_id, t.status, sa.func.count()).where(
+    claimable = sa.case((sa.and_(t.status == TaskStatus.PENDING.value, PAID_FOR), 1), else_=0)
+    query = sa.select(t.batch_job_id, sa.func.sum(claimable), sa.func.count()).where(
         t.status.in_([TaskStatus.PENDING.value, QUEUED]),
         sa.or_(t.claimed_by.is_(None), t.claimed_by.not_in(live)),
     )
     if batch_ids is not None:
         query = query.where(t.batch_job_id.in_(batch_ids))
-    waiting: dict[str, tuple[int, int]] = {}
-    for batch_id, status, count in conn.execute(query.group_by(t.batch_job_id, t.status)):
-        pending, queued = waiting.get(batch_id, (0, 0))
-        if status == QUEUED:
-            waiting[batch_id] = (pending, queued + int(count))
-        else:
-            waiting[batch_id] = (pending + int(count), queued)
-    return waiting
+    return {
+        batch_id: (int(paid or 0), int(count))
+        for batch_id, paid, count in conn.execute(query.group_by(t.batch_job_id))
+    }
 
 
 def unfinished_per_batch(conn: Connection, batch_ids: Sequence[str] | None) -> dict[str, int]:

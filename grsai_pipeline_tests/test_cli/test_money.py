@@ -24,7 +24,12 @@ import sqlalchemy as sa
 
 from grsai_pipeline.store.accounts import grant_credits
 from grsai_pipeline.store.settlement import settle_batch
-from grsai_pipeline_tests.helpers import assert_ledger_invariants, rows, table_snapshot
+from grsai_pipeline_tests.helpers import (
+    assert_ledger_invariants,
+    rows,
+    table_snapshot,
+    write_rows_batch,
+)
 from grsai_pipeline_tests.test_cli.cli_helpers import (
     CliResult,
     assert_error,
@@ -730,3 +735,81 @@ def test_db_verify_names_each_batch_whose_charged_credits_were_changed_by_hand(
     for batch_id in batches.values():
         assert any(batch_id in line for line in result.out_lines), (batch_id, result)
     assert "account" not in result.out, result  # the accounts still add up
+
+
+def _first_task(engine: sa.Engine, batch_id: str) -> str:
+    found = rows(
+        engine, "SELECT id FROM video_tasks WHERE batch_job_id = :b AND batch_index = 0", b=batch_id
+    )
+    return str(found[0]["id"])
+
+
+def _succeeded_without_a_charge(engine: sa.Engine, batches: dict[str, str]) -> str:
+    # A task of the cancelled (refunded, settled) batch turned succeeded by hand.
+    task_id = _first_task(engine, batches["settled"])
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE video_tasks SET status = 'succeeded', video_url = 'https://v' WHERE id = :t"
+            ),
+            {"t": task_id},
+        )
+    return task_id
+
+
+def _reservation_never_closed(engine: sa.Engine, batches: dict[str, str]) -> str:
+    # A second reservation of a settled batch's failed task, written by hand and never closed
+    # (the account moved with it, so the accounts still add up).
+    task_id = _first_task(engine, batches["settled"])
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind, amount,"
+                " reservation, transaction_id, created_at) VALUES ('alice', :b, :t, 'reserve',"
+                " 10, 2, 'by-hand', CURRENT_TIMESTAMP)"
+            ),
+            {"b": batches["settled"], "t": task_id},
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE credit_accounts SET balance = balance - 10, held = held + 10"
+                " WHERE user_id = 'alice'"
+            )
+        )
+    return task_id
+
+
+def _sent_without_a_reserve(engine: sa.Engine, batches: dict[str, str]) -> str:
+    # A batch a web app wrote as rows, one task of it sent to the API with no reserve (what the
+    # pipeline did before issue 21).
+    batch_id = write_rows_batch(engine, "alice", [{"prompt": "free ride", "model": "sora-2"}])
+    task_id = _first_task(engine, batch_id)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE video_tasks SET status = 'processing', grsai_task_id = 'remote-1',"
+                " price = 10, priced_at = created_at WHERE id = :t"
+            ),
+            {"t": task_id},
+        )
+    return task_id
+
+
+@pytest.mark.parametrize(
+    "fault", [_succeeded_without_a_charge, _reservation_never_closed, _sent_without_a_reserve]
+)
+def test_db_verify_names_a_task_that_was_not_paid_for_as_it_should_be(
+    fault: Any,
+    cli_db: str,
+    engine: sa.Engine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batches = _some_history(engine, tmp_path, capsys)
+    assert call_main(["db", "verify"], capsys).code == 0
+    task_id = fault(engine, batches)
+
+    result = call_main(["db", "verify"], capsys)
+
+    assert_error(result, 1)
+    assert any(line.startswith(f"task {task_id} ") for line in result.out_lines), result

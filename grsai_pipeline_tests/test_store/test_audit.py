@@ -71,3 +71,16 @@ def test_succeeded_tasks_without_a_video_are_listed_by_index(engine: sa.Engine) 
 def test_audits_of_an_unknown_batch_raise_unknown_batch(engine: sa.Engine) -> None:
     with pytest.raises(UnknownBatch):
         ledger_problems(engine, "no-such-batch")
+
+
+def test_a_task_whose_money_breaks_paid_before_sent_is_named(engine: sa.Engine) -> None:
+    # The check ledger_balances reads these: a failed, refunded task turned succeeded by hand.
+    batch_id, ids = _settled(engine)
+    set_task(engine, ids[1], status="succeeded", video_url="https://cdn.example.com/v.mp4")
+
+    problems = ledger_problems(engine, batch_id)
+
+    assert problems == [
+        f"task {ids[1]} (batch {batch_id} #1): succeeded without a charge:"
+        " reservation 1 was refunded"
+    ]

@@ -1,6 +1,7 @@
 """SPEC 1's credit rules under random sequences of money operations (a Hypothesis state
 machine), on the real databases: grants and batch creations (with idempotency keys, sent again
-or reused for another request), claims and submits, poll answers and late callbacks, runs and
+or reused for another request), batches a web app writes as rows (taken in by the next run:
+priced, reserved or refused whole), claims and submits, poll answers and late callbacks, runs and
 backfills (sweep, retry, submit, poll, settle), and cancels, each through the product's own
 store functions.
 
@@ -53,13 +54,17 @@ from grsai_pipeline.domain.lifecycle import (
 )
 from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import RemoteResult, RetryPolicy
+from grsai_pipeline.domain.tasks import TASK_FIELDS
 from grsai_pipeline.errors import IdempotencyConflict, InsufficientCredits, InvalidInput
 from grsai_pipeline.store import db as store_db
 from grsai_pipeline.store.accounts import grant_credits
 from grsai_pipeline.store.audit import verify_ledger
 from grsai_pipeline.store.batches import create_batch
 from grsai_pipeline.store.cancels import cancel_batch, sweep_cancelled
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.intake import Intake, take_in_batch
 from grsai_pipeline.store.retries import retry_failed_tasks
+from grsai_pipeline.store.schema import batch_jobs, video_tasks
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.store.tasks import tasks_at_api
 from grsai_pipeline_tests.conftest import PostgresDatabases
@@ -157,6 +162,9 @@ class TaskModel:
     remote_id: str | None = None
     reservation: int = 0  # the number of the task's latest reservation (0: none)
     open: bool = False  # that reservation has no charge or refund yet
+    priced: bool = True  # False: written as a row by a web app, not taken in yet
+    # What the task costs by the price table (None: invalid), for its intake.
+    price_key: str | None = None
 
 
 @dataclass
@@ -175,7 +183,7 @@ class BatchModel:
     on_the_wire: dict[str, str] = field(default_factory=dict)
 
     def unfinished(self) -> list[TaskModel]:
-        return [t for t in self.tasks if t.status in ("pending", "processing")]
+        return [t for t in self.tasks if t.status in ("pending", "queued", "processing")]
 
 
 @dataclass(frozen=True)
@@ -322,7 +330,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _fail_unsent(self, batch: BatchModel) -> tuple[int, int]:
         """Cancel: fail what waits unclaimed by a live runner, refund it at once."""
-        unsent = [t for t in batch.tasks if t.status == "pending" and not _is_live(t.claimed_by)]
+        unsent = [
+            t
+            for t in batch.tasks
+            if t.status in ("pending", "queued") and not _is_live(t.claimed_by)
+        ]
         for task in unsent:
             task.status, task.failure_kind, task.remote_id = "failed", "cancelled", None
         refunds = self._close(unsent)
@@ -519,6 +531,96 @@ class LedgerMachine(RuleBasedStateMachine):
         its claims may be taken over by another runner, or cancelled."""
         return multiple(*self._claim(batch_id, n, self._runner(live)))
 
+    @rule(
+        target=batches,
+        user=st.sampled_from(USERS),
+        specs=st.lists(task_specs, min_size=1, max_size=4),
+        price=st.sampled_from((0, 0, 1, 999)),
+        status=st.sampled_from(("queued", "pending")),
+    )
+    def web_app_writes_rows(
+        self, user: str, specs: list[tuple[object, str | None]], price: int, status: str
+    ) -> MultipleResults[str]:
+        """A web app writes a batch as rows (SPEC 1): one ``batch_jobs`` row and its tasks in
+        one transaction, with a price of its own making (or none) and no credit entries. The
+        next run to meet the batch takes it in."""
+        owner = f"{self.example}-{user}"
+        batch = BatchModel(str(uuid.uuid4()), owner, [])
+        now = utc_now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                batch_jobs.insert().values(
+                    id=batch.id,
+                    user_id=owner,
+                    status="pending",
+                    total_tasks=len(specs),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            for index, (raw, price_key) in enumerate(specs):
+                task = TaskModel(str(uuid.uuid4()), batch.id, index, price, status)
+                task.priced, task.price_key = False, price_key
+                fields = raw if isinstance(raw, dict) else {}
+                conn.execute(
+                    video_tasks.insert().values(
+                        id=task.id,
+                        user_id=owner,
+                        batch_job_id=batch.id,
+                        batch_index=index,
+                        status=status,
+                        price=price,
+                        created_at=now,
+                        updated_at=now,
+                        **{k: v for k, v in fields.items() if k in TASK_FIELDS},
+                    )
+                )
+                batch.tasks.append(task)
+                self.tasks[task.id] = task
+        self.model[batch.id] = batch
+        event(f"web app: wrote a batch of {status} rows")
+        return multiple(batch.id)
+
+    def _take_in(self, batch_id: str) -> None:
+        """What take_in_batch does: price the unpriced waiting rows, reserve them all in one
+        transaction or refuse them all, and settle the batch if nothing is left."""
+        batch = self.model[batch_id]
+        intake = take_in_batch(self.engine, batch_id, self.price_table)
+        rows_ = [t for t in batch.tasks if not t.priced and t.status in ("pending", "queued")]
+        if batch.cancelled or not rows_:
+            assert intake == Intake(batch_id), intake
+            return
+        valid = [t for t in rows_ if t.price_key is not None]
+        needed = sum(PRICES[t.price_key] for t in valid if t.price_key is not None)
+        refused = needed > self.accounts[batch.user][0]
+        entries = []
+        for task in rows_:
+            task.priced = True
+            if task.price_key is None:
+                task.status, task.failure_kind, task.price = "failed", "invalid_input", 0
+                continue
+            task.price = PRICES[task.price_key]
+            if refused:
+                task.status, task.failure_kind = "failed", "insufficient_credits"
+            else:
+                task.status = "pending"
+                if task.price > 0:
+                    task.reservation, task.open = 1, True
+                    entries.append(
+                        _entry("reserve", batch.user, batch.id, task.id, 1, amount=task.price)
+                    )
+        self._write(entries)
+        if not batch.unfinished():
+            self._settle(batch)
+        event(f"intake: {'refused' if refused else 'reserved'}")
+        assert (intake.priced, intake.invalid, intake.reserved_credits) == (
+            len(valid),
+            len(rows_) - len(valid),
+            0 if refused else needed,
+        )
+        assert (intake.refused is not None) == refused
+        assert intake.refused is None or intake.refused.startswith("INSUFFICIENT_CREDITS:")
+
     # Hypothesis tries rules without a target, with fewer arguments, and by name first: the
     # backfill (when there is a failed partition) and the batch's run come first: they move the
     # most.
@@ -550,6 +652,7 @@ class LedgerMachine(RuleBasedStateMachine):
         outcomes, the API says its answers, in turn, until either runs out), and settle if all
         are final. What it polled stays around for answers that come late."""
         outcomes, said = list(plan[0]), list(plan[1])
+        self._take_in(batch_id)
         self._sweep(batch_id)
         self._retry(batch_id)
         runner = self._runner(live=True)
@@ -592,7 +695,14 @@ class LedgerMachine(RuleBasedStateMachine):
         expected = (
             []
             if batch.cancelled
-            else [t for t in batch.tasks if t.status == "pending" and not _is_live(t.claimed_by)]
+            else [
+                t
+                for t in batch.tasks
+                if t.status == "pending"
+                and not _is_live(t.claimed_by)
+                and t.priced
+                and (t.open or t.price == 0)  # paid before sent
+            ]
         )[:n]
         if any(t.claimed_by is not None for t in expected):
             event("claim: takes over a dead runner's claim")
@@ -796,7 +906,13 @@ class LedgerMachine(RuleBasedStateMachine):
         """After every step: the product's own audit, then SPEC 1's invariants and the model,
         checked on one consistent read of the tables."""
         ours = tuple(f"account {u}:" for u in self.users) + tuple(f"batch {b}:" for b in self.model)
-        assert [p for p in verify_ledger(self.engine) if p.startswith(ours)] == []
+        tasks = tuple(f"(batch {b} #" for b in self.model)
+        problems = verify_ledger(self.engine)
+        assert [
+            p
+            for p in problems
+            if p.startswith(ours) or (p.startswith("task ") and any(b in p for b in tasks))
+        ] == []
         tables = _read_tables(self.engine, self.users)
         self._check_spec_1(tables)
         self._check_the_model(tables)

@@ -23,9 +23,10 @@ from grsai_pipeline.domain.lifecycle import (
     TaskState,
     decide,
 )
+from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import RemoteResult
-from grsai_pipeline.store.batches import get_batch
 from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.intake import take_in_batch
 from grsai_pipeline.store.retries import retry_failed_tasks
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.settlement import settle_batch
@@ -35,13 +36,17 @@ from grsai_pipeline.store.tasks import (
     apply_transitions,
     claim_waiting_tasks,
     ids_at_api,
-    take_queued_as_pending,
     task_for_callback,
     tasks_at_api,
     unfinished_per_batch,
     waiting_per_batch,
 )
-from grsai_pipeline_tests.helpers import assert_ledger_invariants, new_batch, table_snapshot
+from grsai_pipeline_tests.helpers import (
+    assert_ledger_invariants,
+    grant_credits,
+    new_batch,
+    table_snapshot,
+)
 from grsai_pipeline_tests.test_store.store_support import (
     LONG_LEASE,
     POLICY,
@@ -81,9 +86,9 @@ def _claimed_by(engine: sa.Engine, batch_id: str) -> list[str | None]:
     return [t["claimed_by"] for t in tasks_of(engine, batch_id)]
 
 
-def _take_queued(engine: sa.Engine, batch_ids: list[str]) -> int:
-    with engine.begin() as conn:
-        return take_queued_as_pending(conn, batch_ids, utc_now())
+def _take_in(engine: sa.Engine, batch_id: str) -> None:
+    """What an engine's rescan does first: take in the rows other writers stored."""
+    take_in_batch(engine, batch_id, PriceTable())
 
 
 # --- claims --------------------------------------------------------------------------------
@@ -108,9 +113,11 @@ def test_claims_at_most_the_quota_lowest_index_first_and_marks_the_batch_running
 
 
 def test_claims_follow_batch_index_not_the_order_rows_were_written(engine: sa.Engine) -> None:
+    grant_credits(engine, "alice", 100)
     batch_id = insert_batch(engine, total_tasks=5)
     for index in (4, 2, 0, 3, 1):
         insert_task(engine, batch_id, index, prompt=f"index {index}")
+    _take_in(engine, batch_id)
 
     claimed = claim(engine, batch_id, "runner-a", 3)
 
@@ -147,21 +154,32 @@ def test_only_pending_tasks_are_claimed_and_queued_ones_once_taken_as_pending(
     with Heartbeat(engine, "runner-a", 300):
         assert _ids(claim(engine, batch_id, "runner-a")) == [ids[3]]
 
-        assert _take_queued(engine, [batch_id]) == 1
+        _take_in(engine, batch_id)
+        assert task_row(engine, ids[2])["status"] == "pending"
         assert _ids(claim(engine, batch_id, "runner-b")) == [ids[2]]
 
 
-def test_queued_rows_of_the_named_batches_become_pending(engine: sa.Engine) -> None:
+def test_rows_another_writer_added_are_claimed_only_once_taken_in_and_paid_for(
+    engine: sa.Engine,
+) -> None:
     batch_id, other = new_batch(engine, [SORA_10]), new_batch(engine, [SORA_10])
     queued = insert_task(engine, batch_id, 1, status="queued")
     elsewhere = insert_task(engine, other, 1, status="queued")
+    first = task_ids(engine, batch_id)[0]
+    with Heartbeat(engine, "runner-a", LONG_LEASE):
+        assert _ids(claim(engine, batch_id, "runner-a")) == [first]  # not the unpriced row
 
-    assert _take_queued(engine, [batch_id]) == 1
+        _take_in(engine, batch_id)
 
-    assert task_row(engine, queued)["status"] == "pending"
-    assert task_row(engine, elsewhere)["status"] == "queued"
-    assert get_batch(engine, batch_id).counts["pending"] == 2
-    assert _take_queued(engine, [batch_id]) == 0
+        row = task_row(engine, queued)
+        assert (row["status"], row["price"]) == ("pending", 10)
+        assert ("reserve", queued, 1, 10) in ledger_of(engine, batch_id)
+        assert task_row(engine, elsewhere)["status"] == "queued"
+        assert _ids(claim(engine, batch_id, "runner-a")) == [queued]
+    before = table_snapshot(engine)
+    _take_in(engine, batch_id)
+    assert table_snapshot(engine) == before
+    assert_ledger_invariants(engine)
 
 
 def test_a_live_runner_keeps_its_claims(engine: sa.Engine) -> None:
@@ -254,6 +272,8 @@ def test_a_row_another_writer_stored_invalidly_is_claimed_with_its_reason(
     batch_id = _batch(engine, 1)
     insert_task(engine, batch_id, 1, model="sora-3")
     insert_task(engine, batch_id, 2, prompt="   ")
+    # As if taken in (free) before they broke a rule: claims check every row again.
+    execute(engine, "UPDATE video_tasks SET priced_at = created_at WHERE priced_at IS NULL")
 
     claimed = claim(engine, batch_id, "runner-a")
 
@@ -266,7 +286,7 @@ def test_a_row_another_writer_stored_invalidly_is_claimed_with_its_reason(
         assert field in bad.invalid_reason
 
 
-def test_an_invalid_row_from_another_writer_fails_when_claimed_and_is_refunded(
+def test_an_invalid_row_another_writer_reserved_fails_at_intake_and_is_refunded(
     engine: sa.Engine,
 ) -> None:
     batch_id = new_batch(engine, [SORA_10], credits=100)
@@ -274,23 +294,14 @@ def test_an_invalid_row_from_another_writer_fails_when_claimed_and_is_refunded(
     reserve_as_other_writer(engine, user_id="alice", batch_id=batch_id, task_id=bad, amount=20)
     assert money(engine, "alice") == (70, 30)
     assert_ledger_invariants(engine)
-    _take_queued(engine, [batch_id])
-    good, invalid = claim(engine, batch_id, "runner-a")
-    assert invalid.state.id == bad and invalid.spec is None and invalid.invalid_reason
 
-    written = record(
-        engine,
-        "runner-a",
-        [(invalid.state, FoundInvalid(invalid.invalid_reason)), (good.state, Accepted("r-0"))],
-    )
+    _take_in(engine, batch_id)
 
-    assert written == 2
     row = task_row(engine, bad)
     assert (row["status"], row["failure_kind"], row["attempts"]) == ("failed", "invalid_input", 0)
     assert row["error_message"].startswith("INVALID_INPUT:") and "model" in row["error_message"]
-    assert (row["grsai_task_id"], row["claimed_by"]) == (None, None)
-    assert task_row(engine, good.state.id)["status"] == "processing"
-
+    (good,) = claim(engine, batch_id, "runner-a")
+    record(engine, "runner-a", [(good.state, Accepted("r-0"))])
     succeed(engine, good.state.id)
     result = settle_batch(engine, batch_id)
 
@@ -302,6 +313,26 @@ def test_an_invalid_row_from_another_writer_fails_when_claimed_and_is_refunded(
     before = table_snapshot(engine)
     assert retry_failed_tasks(engine, batch_id).retried == 0
     assert table_snapshot(engine) == before
+
+
+def test_a_priced_row_made_invalid_afterwards_fails_when_claimed(engine: sa.Engine) -> None:
+    batch_id = new_batch(engine, [SORA_10, SORA_10], credits=100)
+    good_id, bad_id = task_ids(engine, batch_id)
+    set_task(engine, bad_id, model="veo-ultra")
+    good, invalid = claim(engine, batch_id, "runner-a")
+    assert invalid.state.id == bad_id and invalid.spec is None and invalid.invalid_reason
+
+    written = record(
+        engine,
+        "runner-a",
+        [(invalid.state, FoundInvalid(invalid.invalid_reason)), (good.state, Accepted("r-0"))],
+    )
+
+    assert written == 2
+    row = task_row(engine, bad_id)
+    assert (row["status"], row["failure_kind"]) == ("failed", "invalid_input")
+    assert (row["grsai_task_id"], row["claimed_by"]) == (None, None)
+    assert task_row(engine, good_id)["status"] == "processing"
 
 
 def _slow_claims(engine: sa.Engine, runner: str, seconds: float) -> None:
@@ -321,29 +352,34 @@ def _slow_claims(engine: sa.Engine, runner: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_claim_and_a_rescan_of_one_batch_at_once_both_complete(engine: sa.Engine) -> None:
-    # The web app wrote some rows as pending, some as "queued"; one runner claims (first claim:
-    # the batch is still pending) while another's rescan turns the queued rows pending.
+    # The web app wrote three rows, taken in already, then three more as "queued"; one runner
+    # claims (first claim: the batch is still pending) while another's rescan takes the new
+    # rows in (reserving them under the batch's lock).
+    grant_credits(engine, "alice", 100)
     batch_id = insert_batch(engine, total_tasks=6)
-    for index in range(6):
-        insert_task(engine, batch_id, index, status="pending" if index < 3 else "queued")
+    for index in range(3):
+        insert_task(engine, batch_id, index)
+    _take_in(engine, batch_id)
+    for index in range(3, 6):
+        insert_task(engine, batch_id, index, status="queued")
     ids = task_ids(engine, batch_id)
     _slow_claims(engine, "runner-a", 0.2)
 
-    def rescan_a_moment_later() -> int:
+    def rescan_a_moment_later() -> None:
         time.sleep(0.2)
-        return _take_queued(engine, [batch_id])
+        _take_in(engine, batch_id)
 
     with Heartbeat(engine, "runner-a", 300):
-        claimed, requeued = run_together(
+        claimed, _ = run_together(
             [lambda: claim(engine, batch_id, "runner-a"), rescan_a_moment_later]
         )
 
         assert _ids(claimed) == ids[:3]  # type: ignore[arg-type]
-        assert requeued == 3
         assert {t["status"] for t in tasks_of(engine, batch_id)} == {"pending"}
         assert _claimed_by(engine, batch_id) == ["runner-a"] * 3 + [None] * 3
         assert batch_row(engine, batch_id)["status"] == "running"
         assert _ids(claim(engine, batch_id, "runner-b")) == ids[3:]
+        assert money(engine, "alice") == (40, 60)
 
 
 # --- what a submit came to -----------------------------------------------------------------
@@ -750,15 +786,15 @@ def test_waiting_and_unfinished_tasks_are_counted_per_batch(engine: sa.Engine) -
     set_task(engine, ids[1], status="processing", grsai_task_id="g-1")
     succeed(engine, ids[2])
     set_task(engine, ids[3], status="failed", failure_kind="error", error_message="boom")
-    insert_task(engine, mixed, 4, status="queued")
+    insert_task(engine, mixed, 4, status="queued")  # waits, but is not claimable: unpriced
     fresh = _batch(engine, 2)
     done = _batch(engine, 1)
     succeed(engine, task_ids(engine, done)[0])
 
     with engine.connect() as conn:
-        assert waiting_per_batch(conn, [mixed], LONG_LEASE, utc_now()) == {mixed: (1, 1)}
+        assert waiting_per_batch(conn, [mixed], LONG_LEASE, utc_now()) == {mixed: (1, 2)}
         everywhere = waiting_per_batch(conn, None, LONG_LEASE, utc_now())
-        assert everywhere == {mixed: (1, 1), fresh: (2, 0)}
+        assert everywhere == {mixed: (1, 2), fresh: (2, 2)}
         assert unfinished_per_batch(conn, [mixed, done]) == {mixed: 3}
         assert unfinished_per_batch(conn, None) == {mixed: 3, fresh: 2}
 
@@ -768,7 +804,7 @@ def test_tasks_a_live_runner_holds_are_not_counted_as_waiting(engine: sa.Engine)
     with Heartbeat(engine, "runner-live", LONG_LEASE):
         claim(engine, batch_id, "runner-live", 2)
         with engine.connect() as conn:
-            assert waiting_per_batch(conn, [batch_id], LONG_LEASE, utc_now()) == {batch_id: (1, 0)}
+            assert waiting_per_batch(conn, [batch_id], LONG_LEASE, utc_now()) == {batch_id: (1, 1)}
     # Gone (no heartbeat row): its claims may be taken over, so they wait again.
     with engine.connect() as conn:
-        assert waiting_per_batch(conn, [batch_id], LONG_LEASE, utc_now()) == {batch_id: (3, 0)}
+        assert waiting_per_batch(conn, [batch_id], LONG_LEASE, utc_now()) == {batch_id: (3, 3)}
