@@ -1,6 +1,7 @@
 """Under `dagster dev` with an empty DAGSTER_HOME, a batch made with the command line is picked
-up by the sensor and settles, with no manual launch; a backfill of its partition from Dagster
-then retries its retryable failure with a new reservation."""
+up by the sensor and settles, with no manual launch, and so does a batch a web app writes as rows
+(on PostgreSQL, by examples/webapp in Node.js); a backfill of the first batch's partition from
+Dagster then retries its retryable failure with a new reservation."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from grsai_pipeline_tests.e2e.conftest import WORKSPACE, dagster_process, free_port, wait_for
-from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, rows
+from grsai_pipeline_tests.e2e.webapp import write_batch_with_the_example
+from grsai_pipeline_tests.helpers import (
+    assert_ledger_invariants,
+    ledger_kinds,
+    rows,
+    write_rows_batch,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +64,34 @@ def test_sensor_picks_up_a_new_batch_it_settles_and_a_backfill_retries_it(
         )
         batch_id = cli("batch", "create", str(batch_file), "--user", "carol", env=env).strip()
 
-        def settled() -> bool:
-            found = rows(engine, "SELECT status FROM batch_jobs WHERE id = :b", b=batch_id)
+        def batch_settled(some_batch: str) -> bool:
+            found = rows(engine, "SELECT status FROM batch_jobs WHERE id = :b", b=some_batch)
             return bool(found) and found[0]["status"] == "settled"
+
+        def settled() -> bool:
+            return batch_settled(batch_id)
 
         wait_for(settled, 150, "the batch to settle under dagster dev", log)
         assert ledger_kinds(engine, batch_id) == {"reserve": 4, "charge": 2, "refund": 2}
+        assert_ledger_invariants(engine)
+
+        # A batch a web app writes as rows (on PostgreSQL: examples/webapp, Node.js and pg):
+        # the sensor picks it up, it is reserved, settles and is charged, nobody launches it.
+        prompts = ["rows at dawn", "rows at dusk"]
+        if engine.dialect.name == "postgresql":
+            rows_batch, final, done = write_batch_with_the_example(
+                engine.url.render_as_string(hide_password=False), "carol", prompts, wait_s=150
+            )
+            assert done.returncode == 0, done.stdout + done.stderr + log.read_text()[-3000:]
+            assert final is not None and final["status"] == "settled"
+            assert (final["reserved_credits"], final["charged_credits"]) == (20, 20)
+            assert [t["status"] for t in final["tasks"]] == ["succeeded", "succeeded"]
+            assert all(t["video_url"] for t in final["tasks"]), final
+        else:
+            tasks = [{"prompt": p, "model": "sora-2"} for p in prompts]
+            rows_batch = write_rows_batch(engine, "carol", tasks)
+            wait_for(lambda: batch_settled(rows_batch), 150, "the rows batch to settle", log)
+        assert ledger_kinds(engine, rows_batch) == {"reserve": 2, "charge": 2}
         assert_ledger_invariants(engine)
 
         backfill = [dagster, "job", "backfill", "-w", str(WORKSPACE), "-j", "batch_pipeline",

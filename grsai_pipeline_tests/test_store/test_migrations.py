@@ -9,7 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from grsai_pipeline.cli import main
+from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.store import db as store_db
+from grsai_pipeline.store.intake import awaiting_intake, take_in_batch
 from grsai_pipeline.store.migrate import HEAD_REVISION, current_revision, upgrade_schema
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, rows
@@ -122,3 +124,65 @@ def test_db_init_on_an_up_to_date_database_changes_nothing(
         main(["db", "init"])
     assert exit_info.value.code == 0
     assert "already up to date" in capsys.readouterr().out
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def before_intake_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """A database at revision 0006, the last one before batches written as rows were taken in."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'before-intake.db'}"
+    else:
+        url = request.getfixturevalue("postgres_databases").create(migrated=False)
+    engine = sa.create_engine(url)
+    upgrade_schema(engine, "0006")
+    engine.dispose()
+    yield url
+    stale = store_db._ENGINES.pop(url, None)
+    if stale is not None:
+        stale.dispose()
+
+
+def test_upgrading_leaves_unpaid_rows_to_the_intake_and_keeps_paid_ones_priced(
+    before_intake_url,
+) -> None:
+    engine = sa.create_engine(before_intake_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO credit_accounts VALUES ('olga', 90, 10, :n)"), {"n": NOW})
+        for batch in ("paid", "rows"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO batch_jobs (id, user_id, status, total_tasks, created_at,"
+                    " updated_at) VALUES (:b, 'olga', 'pending', 1, :n, :n)"
+                ),
+                {"b": batch, "n": NOW},
+            )
+            # The paid one was stored as queued by an operator after its reservation.
+            conn.execute(
+                sa.text(
+                    "INSERT INTO video_tasks (id, user_id, batch_job_id, batch_index, status,"
+                    " prompt, model, price, created_at, updated_at)"
+                    " VALUES (:b, 'olga', :b, 0, 'queued', 'a kite', 'sora-2', 10, :n, :n)"
+                ),
+                {"b": batch, "n": NOW},
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO credit_ledger (user_id, batch_job_id, video_task_id, kind, amount,"
+                " reservation, transaction_id, created_at) VALUES"
+                " ('olga', NULL, NULL, 'grant', 100, NULL, 'g', :n),"
+                " ('olga', 'paid', 'paid', 'reserve', 10, 1, 'r', :n)"
+            ),
+            {"n": NOW},
+        )
+    engine.dispose()
+
+    upgrade_schema(store_db.get_engine(before_intake_url))
+
+    engine = store_db.get_engine(before_intake_url)
+    tasks = {t["id"]: t for t in rows(engine, "SELECT id, status, priced_at FROM video_tasks")}
+    assert tasks["paid"]["status"] == "pending" and tasks["paid"]["priced_at"] is not None
+    assert tasks["rows"]["status"] == "queued" and tasks["rows"]["priced_at"] is None
+    with engine.connect() as conn:
+        assert awaiting_intake(conn) == ["rows"]
+    assert take_in_batch(engine, "rows", PriceTable()).reserved_credits == 10
+    assert_ledger_invariants(engine)
