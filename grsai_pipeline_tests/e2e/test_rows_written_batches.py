@@ -14,7 +14,7 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from grsai_pipeline.dev.simulator import SimulatorServer
-from grsai_pipeline_tests.conftest import REPO_ROOT, e2e_settings
+from grsai_pipeline_tests.conftest import e2e_settings
 from grsai_pipeline_tests.e2e.runner import SCRIPT, run_to_the_end, start_runner
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,
@@ -128,7 +128,7 @@ def test_three_overlapping_runs_reserve_each_task_of_a_row_batch_once(
             return subprocess.Popen(
                 [str(dagster), "job", "execute", *location, *args],
                 env=env,
-                cwd=REPO_ROOT,
+                cwd=tmp_path,  # the default GRSAI_ARCHIVE_URL, ./videos, lands here
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
