@@ -8,7 +8,6 @@ own, and closes them again. Nothing here knows Dagster.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from types import TracebackType
@@ -57,12 +56,6 @@ def _webhook_maker(settings: Settings) -> Callable[[str], str]:
         return lambda task_id: POLLING_MODE_WEBHOOK
     key = secret.get_secret_value()
     return lambda task_id: callback_url(base, key, task_id)
-
-
-def submit_batch(db: Database, settings: Settings, runner_id: str, batch_id: str) -> EngineReport:
-    """Submit every waiting task of the batch (polling those due meanwhile)."""
-    with batch_worker(db, settings, runner_id, batch_id) as worker:
-        return worker.run(Until.SUBMITTED, math.inf)
 
 
 def batch_worker(db: Database, settings: Settings, runner_id: str, batch_id: str) -> Worker:

@@ -212,7 +212,8 @@ class BatchView:
     cancelled_at: datetime | None
     error_message: str | None
     progress_percent: float
-    # Submits that may have reached the API twice (see store/claims.py); 0 in a quiet life.
+    # Submits that may have reached the API twice (a claim taken over from a dead runner, an
+    # answer lost on the wire: store/tasks.py); 0 in a quiet life.
     possible_duplicates: int
     counts: dict[str, int] = field(default_factory=dict)
     tasks: list[TaskView] = field(default_factory=list)

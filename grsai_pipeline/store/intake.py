@@ -14,8 +14,9 @@ batch first calls :func:`take_in_batch`, which, in one transaction under the bat
 
 A row its writer reserved itself (an open ``reserve`` already) is priced at that reservation and
 not reserved again. A row stored as ``queued`` after it was priced only becomes ``pending``. A
-second caller finds nothing unpriced and writes nothing; the unique reserve key backs that up. Claims (``store.tasks``) take only priced tasks whose reservation holds its ``reserve``, so
-a task that slipped past intake is still never sent unpaid.
+second caller finds nothing unpriced and writes nothing; the unique reserve key backs that up.
+Claims (``store.tasks``) take only priced tasks whose reservation holds its ``reserve``, so a
+task that slipped past intake is still never sent unpaid.
 """
 
 from __future__ import annotations

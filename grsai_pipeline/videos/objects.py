@@ -74,17 +74,6 @@ class VideoStore:
             raise
         return StoredVideo(self.url_of(final), size, digest.hexdigest())
 
-    def read(self, url: str) -> bytes:
-        """An archived video's bytes (tests and checks; never on the hot path)."""
-        with fsspec.open(url, "rb") as f:
-            return bytes(f.read())
-
-    def listing(self) -> list[str]:
-        """Every object under the root, as paths."""
-        if not self.fs.exists(self.root):
-            return []
-        return sorted(str(p) for p in self.fs.find(self.root))
-
     def _remove_partials(self, final: str) -> None:
         for path in self.fs.glob(f"{final}{PARTIAL}*"):
             self._remove(str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import dagster as dg
@@ -10,7 +11,8 @@ import pytest
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.definitions import defs
 from grsai_pipeline.dev.simulator import SimulatorServer
-from grsai_pipeline.engine.work import submit_batch
+from grsai_pipeline.engine.loop import Until
+from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.store.db import get_engine
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows
 
@@ -48,7 +50,9 @@ def test_one_run_settles_every_open_batch_and_reports_each_partition(
     # Two batches already at the API (their own runs ended early), two never submitted.
     settings = load_settings()
     for batch_id in batches[:2]:
-        submit_batch(get_engine(settings.database_url), settings, "earlier-run", batch_id)
+        db = get_engine(settings.database_url)
+        with batch_worker(db, settings, "earlier-run", batch_id) as worker:
+            worker.run(Until.SUBMITTED, math.inf)
 
     result = repoll(instance)
 

@@ -3,6 +3,7 @@ shaped exactly like SPEC 3's poll answers."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
@@ -10,7 +11,8 @@ import sqlalchemy as sa
 
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.domain.callbacks import CALLBACK_PATH, callback_token
-from grsai_pipeline.engine.work import submit_batch
+from grsai_pipeline.engine.loop import Until
+from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline_tests.helpers import new_batch
 from grsai_pipeline_tests.test_store.store_support import tasks_of
 
@@ -25,7 +27,8 @@ def submitted(engine: sa.Engine, tasks: list[dict[str, Any]]) -> list[dict[str, 
     batch_id = new_batch(engine, tasks)
     settings = load_settings().model_copy(update={"poll_interval_s": 3600.0})
 
-    report = submit_batch(engine, settings, "test-submit", batch_id)
+    with batch_worker(engine, settings, "test-submit", batch_id) as worker:
+        report = worker.run(Until.SUBMITTED, math.inf)
 
     assert (report.accepted, report.polls) == (len(tasks), 0)
     found = tasks_of(engine, batch_id)
