@@ -32,7 +32,7 @@ from grsai_pipeline.defs.metadata import (
 )
 from grsai_pipeline.defs.partitions import batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.defs.runs import NO_RETRY_TAGS, missing_batch_tags
+from grsai_pipeline.defs.runs import NO_RETRY_TAGS, TRIGGER_TAG, missing_batch_tags
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.errors import RunStopped, SettingsError, UnknownBatch
@@ -42,7 +42,7 @@ from grsai_pipeline.store.batches import BatchView, get_batch, read_batch
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.intake import take_in_batch
 from grsai_pipeline.store.outcomes import BatchOutcomes, batch_outcomes
-from grsai_pipeline.store.retries import retry_failed_tasks
+from grsai_pipeline.store.retries import RetryStart, retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.videos.archiver import archive_videos
 
@@ -54,7 +54,8 @@ PENDING = dg.AssetSpec(
     "pending_tasks",
     group_name=GROUP,
     kinds={"sql"},
-    description="The batch's tasks waiting for the API. On a re-run or backfill of a settled "
+    description="The batch's tasks waiting for the API (a batch a web app wrote as rows is "
+    "priced and reserved first). On a run an operator launches, or a backfill, of a settled "
     "batch, its retryable failures are reserved again (a new reservation each) and wait too.",
 )
 SUBMITTED = dg.AssetSpec(
@@ -154,7 +155,10 @@ def batch_lifecycle(
             or f"took in {intake.priced} task(s) written as rows for {intake.reserved_credits}"
             f" credits; {intake.invalid} invalid"
         )
-    retry = retry_failed_tasks(db, batch_id)
+    # Retrying failures is an operator's decision (a launch from the UI, a backfill); the run the
+    # sensor starts for a new batch never retries, even if another engine settled it already.
+    sensor_run = context.run.tags.get(TRIGGER_TAG) == "sensor"
+    retry = RetryStart() if sensor_run else retry_failed_tasks(db, batch_id)
     if retry.retried or retry.short_of_credits:
         context.log.info(
             f"retrying {retry.retried} failed task(s) for {retry.retry_credits} credits; "

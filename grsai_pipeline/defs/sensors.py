@@ -4,8 +4,10 @@ The cursor is a high-water mark of ``batch_jobs.created_at``. Each tick re-reads
 before it (a writer's clock may lag, or its transaction commit late), page by page, and skips
 batches whose partition exists, so none is missed and none is requested twice; ``run_key``
 guards the rest. A tick takes at most ``MAX_NEW_PER_TICK`` new batches; the next takes the rest.
-Settled batches get a partition (to be seen in the UI) but no run: a run of a settled batch
-would retry its failures, which is an operator's decision.
+Every new batch gets its one run, whatever state it is in (another engine may have settled it
+already: its run then only reports it); a run the sensor started never retries failures, which
+is an operator's decision (``defs/assets.py``). With no ``GRSAI_API_KEY`` the sensor skips and
+says why, and takes the batches once the key is set.
 
 A batch made by the ``create_batch`` job already has its partition (the job adds it, so the
 batch shows at once); the sensor finds it by the job's run tags and requests its first run too.
@@ -18,9 +20,8 @@ import dagster as dg
 
 from grsai_pipeline.defs.jobs import batch_pipeline
 from grsai_pipeline.defs.partitions import BATCHES, batches
-from grsai_pipeline.defs.resources import AppDatabase
+from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import BATCH_ID_TAG, BATCH_JOB, CREATE_JOB, batch_run_tags
-from grsai_pipeline.domain.states import BatchStatus
 from grsai_pipeline.store.batches import BatchHeader, batches_created_since
 
 LOOKBACK = timedelta(minutes=10)
@@ -35,8 +36,19 @@ PAGE = 1000
     description="Adds a partition and requests one run for each new batch.",
 )
 def new_batches_sensor(
-    context: dg.SensorEvaluationContext, app_db: AppDatabase
+    context: dg.SensorEvaluationContext, app_db: AppDatabase, grsai: GrsaiApi
 ) -> dg.SensorResult | dg.SkipReason:
+    try:
+        key = grsai.settings().api_key
+    except dg.Failure as exc:
+        return dg.SkipReason(f"cannot start runs: {exc.description}")
+    if key is None or not key.get_secret_value().strip():
+        # The cursor stays: the batches are taken once the key is set.
+        return dg.SkipReason(
+            "new batches wait: GRSAI_API_KEY is not set, so their runs could not call the API."
+            " Set GRSAI_API_KEY (and GRSAI_BASE_URL for a simulator: `make dev` starts one when"
+            " the key is unset) and restart the code location."
+        )
     high_water = datetime.fromisoformat(context.cursor) if context.cursor else None
     since = high_water - LOOKBACK if high_water else None
     known = set(context.instance.get_dynamic_partitions(BATCHES))
@@ -66,7 +78,6 @@ def new_batches_sensor(
             tags=batch_run_tags(b.id, "sensor", b.user_id),
         )
         for b in [*new, *from_ui]
-        if b.status != BatchStatus.SETTLED
     ]
     context.log.info(
         f"{len(new) + len(from_ui)} new batch(es) ({len(from_ui)} from create_batch); "

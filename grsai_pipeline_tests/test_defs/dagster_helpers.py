@@ -13,9 +13,14 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def run_batch(
-    instance: dg.DagsterInstance, batch_id: str, *, budget_s: float | None = None
+    instance: dg.DagsterInstance,
+    batch_id: str,
+    *,
+    budget_s: float | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """One run of ``batch_pipeline`` for the batch's partition (added if missing)."""
+    """One run of ``batch_pipeline`` for the batch's partition (added if missing), with the
+    ``tags`` its launcher gives it (none: as launched from the UI)."""
     if not instance.has_dynamic_partition("batches", batch_id):
         instance.add_dynamic_partitions("batches", [batch_id])
     config: dict[str, Any] = {"ops": {"batch_lifecycle": {"config": {"budget_s": budget_s}}}}
@@ -24,6 +29,7 @@ def run_batch(
         instance=instance,
         partition_key=batch_id,
         raise_on_error=False,
+        tags=tags,
     )
 
 

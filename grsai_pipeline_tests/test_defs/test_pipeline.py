@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import httpx
 import sqlalchemy as sa
 
+from grsai_pipeline.defs.runs import batch_run_tags
 from grsai_pipeline.dev.simulator import FaultRule, SimulatorServer
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,
@@ -225,6 +226,13 @@ def test_a_run_of_a_settled_partition_retries_its_generation_error(
     assert run_batch(instance, batch_id).success
     assert ledger_kinds(engine, batch_id) == {"reserve": 2, "refund": 2}
     moderated_before = rows(engine, "SELECT * FROM video_tasks WHERE batch_index = 1")
+    # The run the sensor starts for a new batch that another engine settled: it reports the
+    # batch and retries nothing (retrying is an operator's decision).
+    sensor_run = run_batch(instance, batch_id, tags=batch_run_tags(batch_id, "sensor", "alice"))
+    assert sensor_run.success
+    assert materializations(sensor_run)["pending_tasks"]["retries_started"] == 0
+    assert materializations(sensor_run)["settled_ledger"]["settlement"] == "settled"
+    assert ledger_kinds(engine, batch_id) == {"reserve": 2, "refund": 2}
 
     backfill = run_batch(instance, batch_id)
 

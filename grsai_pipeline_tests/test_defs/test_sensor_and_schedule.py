@@ -76,15 +76,33 @@ def test_more_new_batches_than_one_tick_takes_are_taken_by_the_next_ticks(
     assert [r.partition_key for r in sensor_tick(instance, cursor).run_requests] == [later]
 
 
-def test_a_settled_batch_gets_a_partition_but_no_run(app_env, engine, instance) -> None:
+def test_a_batch_another_engine_settled_still_gets_its_one_run(app_env, engine, instance) -> None:
     batch_id = new_batch(engine, [TASK])
     with engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE batch_jobs SET status = 'settled' WHERE id = :b"), {"b": batch_id}
         )
     tick = sensor_tick(instance, None)
-    assert not tick.run_requests
+    (request,) = tick.run_requests
+    assert request.partition_key == batch_id
+    assert (request.tags["batch_id"], request.tags["user_id"]) == (batch_id, "alice")
+    assert request.tags["grsai/trigger"] == "sensor"
     assert batch_id in instance.get_dynamic_partitions("batches")
+
+
+def test_the_sensor_skips_with_the_reason_when_no_api_key_is_set(
+    app_env, engine, instance, monkeypatch
+) -> None:
+    monkeypatch.delenv("GRSAI_API_KEY")
+    batch_id = new_batch(engine, [TASK])
+
+    tick = sensor_tick(instance, None)
+
+    assert not tick.run_requests and tick.skip_message is not None
+    assert "GRSAI_API_KEY is not set" in tick.skip_message
+    assert batch_id not in instance.get_dynamic_partitions("batches")
+    monkeypatch.setenv("GRSAI_API_KEY", TEST_API_KEY)
+    assert [r.partition_key for r in sensor_tick(instance, tick.cursor).run_requests] == [batch_id]
 
 
 def make_processing(engine: sa.Engine, batch_id: str) -> None:
