@@ -10,7 +10,16 @@ DAGSTER=${DAGSTER:-$BIN/dagster}
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/dagster_home}
 mkdir -p "$DAGSTER_HOME"
 if [ ! -e "$DAGSTER_HOME/dagster.yaml" ]; then
-  printf 'telemetry:\n  enabled: false\n' >"$DAGSTER_HOME/dagster.yaml"
+  # Run monitoring: the daemon fails a run whose process died, as production's dagster.yaml does.
+  cat >"$DAGSTER_HOME/dagster.yaml" <<'YAML'
+telemetry:
+  enabled: false
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 60
+YAML
 fi
 
 key_in_dotenv() {

@@ -49,6 +49,7 @@ from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video_
 from grsai_pipeline.store.batches import read_batches
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.outcomes import batch_outcomes
+from grsai_pipeline.store.runners import live_runner_ids
 from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 
 # How long one re-polling run works at most. Runs hand over without a gap: once a run is
@@ -97,7 +98,9 @@ def repoll_open_batches_op(
     stop = threading.Event()
 
     def busy() -> set[str]:
-        return batches_with_live_runs(context.instance)
+        with reading(app_db.engine()) as conn:
+            live = live_runner_ids(conn, settings.claim_lease_s)
+        return batches_with_live_runs(context.instance, live)
 
     def work() -> None:
         deadline = time.monotonic() + config.budget_s

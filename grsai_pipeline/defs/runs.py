@@ -1,10 +1,14 @@
 """What Dagster knows of the runs at work: which batches have a live run of their own, and
-whether the re-polling run is live."""
+whether the re-polling run is live.
+
+A run is live while it waits to start, and once started while its engine's heartbeat is fresh
+(the runner id of a run's engine is the run id: ``store/runners.py``) or for its first
+``START_GRACE_S`` (resources, intake). A run whose process died without Dagster knowing stops
+counting within a lease, not hours later."""
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
 import time
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Collection, Mapping
 
 import dagster as dg
 
@@ -20,16 +24,14 @@ BATCH_JOB = "batch_pipeline"
 REPOLL_JOB = "repoll_open_batches"
 CREATE_JOB = "create_batch"
 
-# A run that died without telling Dagster stops counting as live after this (production also
-# fails such runs through run monitoring).
-BUSY_HORIZON = timedelta(hours=2)
-IN_PROGRESS = [
+# A started run counts as live this long before its engine's first heartbeat.
+START_GRACE_S = 60.0
+WAITING_TO_START = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
 ]
+IN_PROGRESS = [*WAITING_TO_START, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
 def batch_run_tags(batch_id: str, trigger: str, user_id: str | None = None) -> dict[str, str]:
@@ -48,18 +50,29 @@ def missing_batch_tags(tags: Mapping[str, str], batch_id: str, user_id: str) -> 
     return {key: value for key, value in wanted.items() if tags.get(key) != value}
 
 
-def _live_runs(instance: dg.DagsterInstance, job_name: str) -> list[dg.RunRecord]:
+def _live_runs(
+    instance: dg.DagsterInstance, job_name: str, live_runners: Collection[str]
+) -> list[dg.RunRecord]:
     records = instance.get_run_records(
         filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS)
     )
-    oldest = time.time() - BUSY_HORIZON.total_seconds()
-    return [r for r in records if (r.start_time or r.create_timestamp.timestamp()) >= oldest]
+    now = time.time()
+    return [r for r in records if _is_live(r, live_runners, now)]
 
 
-def batches_with_live_runs(instance: dg.DagsterInstance) -> set[str]:
-    """Batches with a run of ``batch_pipeline`` queued, starting or running."""
+def _is_live(record: dg.RunRecord, live_runners: Collection[str], now: float) -> bool:
+    run = record.dagster_run
+    if run.status in WAITING_TO_START or run.run_id in live_runners:
+        return True
+    started = record.start_time or record.create_timestamp.timestamp()
+    return now - started < START_GRACE_S
+
+
+def batches_with_live_runs(instance: dg.DagsterInstance, live_runners: Collection[str]) -> set[str]:
+    """Batches with a run of ``batch_pipeline`` waiting to start, or started and live
+    (``live_runners``: the ids of the runners whose heartbeat is fresh)."""
     busy = set()
-    for record in _live_runs(instance, BATCH_JOB):
+    for record in _live_runs(instance, BATCH_JOB, live_runners):
         tags = record.dagster_run.tags
         key = tags.get("dagster/partition") or tags.get(BATCH_ID_TAG)
         if key:
@@ -67,10 +80,12 @@ def batches_with_live_runs(instance: dg.DagsterInstance) -> set[str]:
     return busy
 
 
-def repoll_run_due_for_relief(instance: dg.DagsterInstance, after_s: float) -> bool | None:
+def repoll_run_due_for_relief(
+    instance: dg.DagsterInstance, after_s: float, live_runners: Collection[str]
+) -> bool | None:
     """None when no re-polling run is live; else whether the one live run has worked for
     ``after_s`` (its successor may start: the older run ends once the newer one is up)."""
-    live = _live_runs(instance, REPOLL_JOB)
+    live = _live_runs(instance, REPOLL_JOB, live_runners)
     if not live:
         return None
     if len(live) > 1:

@@ -23,7 +23,7 @@ from grsai_pipeline.defs.runs import (
 from grsai_pipeline.errors import GrsaiPipelineError
 from grsai_pipeline.store.batches import open_batch_ids
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.runners import batches_with_live_runners
+from grsai_pipeline.store.runners import batches_with_live_runners, live_runner_ids
 
 
 @dg.schedule(
@@ -40,6 +40,7 @@ def repoll_processing_schedule(
         with reading(app_db.engine()) as conn:
             open_ids = open_batch_ids(conn)
             taken = batches_with_live_runners(conn, settings.claim_lease_s)
+            live = live_runner_ids(conn, settings.claim_lease_s)
     except (dg.Failure, GrsaiPipelineError) as exc:
         # Said in the tick, once a minute, instead of a run that fails every minute.
         reason = exc.description if isinstance(exc, dg.Failure) else str(exc)
@@ -53,12 +54,11 @@ def repoll_processing_schedule(
             "simulator: `make dev` starts one when the key is unset) and restart the code "
             "location."
         )
-    waiting = [
-        b for b in open_ids if b not in taken and b not in batches_with_live_runs(context.instance)
-    ]
+    taken |= batches_with_live_runs(context.instance, live)
+    waiting = [b for b in open_ids if b not in taken]
     if not waiting:
         return dg.SkipReason(f"{len(open_ids)} open batch(es), each with a run of its own at work")
-    if repoll_run_due_for_relief(context.instance, HANDOVER_AFTER_S) is False:
+    if repoll_run_due_for_relief(context.instance, HANDOVER_AFTER_S, live) is False:
         return dg.SkipReason(f"the re-polling run is still at work ({len(waiting)} batch(es))")
     tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else ""
     return dg.RunRequest(

@@ -39,6 +39,13 @@ def batches_with_live_runners(conn: Connection, lease_s: float) -> set[str]:
     return {str(b) for b in conn.scalars(query)}
 
 
+def live_runner_ids(conn: Connection, lease_s: float) -> set[str]:
+    """Every runner whose heartbeat is fresh (a run's engine registers with the run's id)."""
+    r = pipeline_runners.c
+    query = sa.select(r.runner_id).where(r.heartbeat_at >= utc_now() - timedelta(seconds=lease_s))
+    return set(conn.scalars(query))
+
+
 def successor_is_live(conn: Connection, runner: Heartbeat, lease_s: float) -> bool:
     """Whether a runner of every open batch (no batch of its own) that started after ``runner``
     is alive: the next re-polling run, to which ``runner`` hands over."""

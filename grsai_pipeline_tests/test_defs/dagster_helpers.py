@@ -75,8 +75,8 @@ def schedule_tick(instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], st
     return list(data.run_requests or []), data.skip_message
 
 
-def start_run(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str]) -> None:
-    """A run the daemon launched and that is still going."""
+def start_run(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str]) -> str:
+    """A run the daemon launched and that Dagster sees as still going; its id."""
     job = defs.resolve_job_def(job_name)
     run = instance.create_run_for_job(job, tags=tags)
     instance.handle_run_event(
@@ -86,3 +86,4 @@ def start_run(instance: dg.DagsterInstance, job_name: str, tags: dict[str, str])
         ),
     )
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+    return run.run_id

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline_tests.conftest import TEST_API_KEY
 from grsai_pipeline_tests.helpers import new_batch
 from grsai_pipeline_tests.test_defs.dagster_helpers import schedule_tick, sensor_tick, start_run
@@ -156,6 +157,24 @@ def test_schedule_starts_no_second_re_polling_run_while_one_is_live(
 
     assert requests == []
     assert skipped is not None and "still at work" in skipped
+
+
+@pytest.mark.parametrize("job", ["repoll_open_batches", "batch_pipeline"])
+def test_a_started_run_whose_engine_stopped_beating_holds_nothing_back(
+    job: str, app_env, engine, instance, monkeypatch
+) -> None:
+    # A run Dagster still sees as started, whose process died (kill -9): once past its start-up
+    # grace, it counts as live only while its engine (runner id = run id) beats.
+    batch_id = new_batch(engine, [TASK])
+    make_processing(engine, batch_id)
+    run_id = start_run(instance, job, {"grsai/repoll": "all", "dagster/partition": batch_id})
+    monkeypatch.setattr("grsai_pipeline.defs.runs.START_GRACE_S", 0.0)
+
+    with Heartbeat(engine, run_id, 300, None if job == "repoll_open_batches" else batch_id):
+        assert schedule_tick(instance)[0] == []
+    # The engine stopped beating (its row is gone, as after the lease when killed).
+    requests, skipped = schedule_tick(instance)
+    assert skipped is None and len(requests) == 1
 
 
 def test_schedule_starts_the_next_re_polling_run_once_the_live_one_is_due_for_relief(
