@@ -7,6 +7,10 @@ retried, settles each batch whose tasks are all final, and reports each batch it
 that batch's own materialization of ``polled_results`` (and ``settled_ledger`` when it settles
 it), with the asset checks' results, so the batch's partition page keeps its history.
 
+A batch settled in the last day whose partition has no ``settled_ledger`` materialization (its
+run died between the settlement's commit and the event; a cancel or an intake settled it with
+no run about) gets one from the next re-polling run.
+
 It also copies the videos of every succeeded task not archived yet, of any batch, to
 ``GRSAI_ARCHIVE_URL`` (SPEC 8), in a third thread for the same time, and reports each batch
 whose archive changed as a materialization of ``archived_videos`` with its check.
@@ -23,6 +27,8 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -46,9 +52,10 @@ from grsai_pipeline.engine.work import open_batches_worker
 from grsai_pipeline.errors import RunStopped, SettingsError
 from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video_in
-from grsai_pipeline.store.batches import read_batches
+from grsai_pipeline.store.batches import BatchView, read_batches, settled_since
+from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.outcomes import batch_outcomes
+from grsai_pipeline.store.outcomes import BatchOutcomes, batch_outcomes
 from grsai_pipeline.store.runners import live_runner_ids
 from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 
@@ -57,6 +64,8 @@ from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 # the newer one's engine is up (engine/scope.py). The budget only ends a run nobody relieved.
 DEFAULT_BUDGET_S = 360.0
 HANDOVER_AFTER_S = 180.0
+# Settled batches this recent are checked for a missing settled_ledger event by each run.
+UNREPORTED_WITHIN = timedelta(days=1)
 # The engine hands over what it did at least this often.
 REPORT_EVERY_S = 10.0
 # A batch whose tasks only progressed is reported by one run in this many (its turn comes from
@@ -133,6 +142,7 @@ def repoll_open_batches_op(
     archiver = threading.Thread(target=archive, name="repoll-archive", daemon=True)
     archiver.start()
     totals, reported = _Totals(), set[str]()
+    yield from _unreported_settlements(context, app_db)
     try:
         while (report := reports.get()) is not None:
             if isinstance(report, RunStopped | SettingsError):
@@ -203,24 +213,56 @@ def _batch_events(
             **video_check(missing[batch_id]),
         )
         if batch_id in settled:
-            yield dg.AssetMaterialization(
-                asset_key=SETTLED.key,
-                partition=batch_id,
-                metadata={**metadata, "settlement": "settled"},
-            )
-            problems = ledger_problems(app_db.engine(), batch_id)
-            yield dg.AssetCheckEvaluation(
-                asset_key=SETTLED.key,
-                check_name=LEDGER_CHECK.name,
-                partition=batch_id,
-                **ledger_check(problems),
-            )
-            yield dg.AssetCheckEvaluation(
-                asset_key=SETTLED.key,
-                check_name=TASKS_CHECK.name,
-                partition=batch_id,
-                **tasks_check(view, outcome),
-            )
+            yield from _settled_events(app_db, view, outcome, metadata)
+
+
+def _settled_events(
+    app_db: AppDatabase, view: BatchView, outcome: BatchOutcomes, metadata: dict[str, Any]
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """A settled batch's ``settled_ledger`` materialization and its checks' results."""
+    yield dg.AssetMaterialization(
+        asset_key=SETTLED.key,
+        partition=view.batch_id,
+        metadata={**metadata, "settlement": "settled"},
+    )
+    yield dg.AssetCheckEvaluation(
+        asset_key=SETTLED.key,
+        check_name=LEDGER_CHECK.name,
+        partition=view.batch_id,
+        **ledger_check(ledger_problems(app_db.engine(), view.batch_id)),
+    )
+    yield dg.AssetCheckEvaluation(
+        asset_key=SETTLED.key,
+        check_name=TASKS_CHECK.name,
+        partition=view.batch_id,
+        **tasks_check(view, outcome),
+    )
+
+
+def _unreported_settlements(
+    context: dg.OpExecutionContext, app_db: AppDatabase
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """``settled_ledger`` for each batch settled in the last ``UNREPORTED_WITHIN`` that has no
+    materialization of it yet."""
+    with reading(app_db.engine()) as conn:
+        recent = settled_since(conn, utc_now() - UNREPORTED_WITHIN)
+    if not recent:
+        return
+    reported = context.instance.get_materialized_partitions(SETTLED.key)
+    missing = [b for b in recent if b not in reported]
+    if not missing:
+        return
+    context.log.info(f"{len(missing)} settled batch(es) had no settled_ledger event: reported")
+    _ensure_partitions(context.instance, missing)
+    with reading(app_db.engine()) as conn:
+        views = read_batches(conn, missing)
+        outcomes = batch_outcomes(conn, missing)
+    for batch_id in missing:
+        metadata = {
+            **batch_metadata(views[batch_id], outcomes[batch_id]),
+            "repoll_run": context.run_id,
+        }
+        yield from _settled_events(app_db, views[batch_id], outcomes[batch_id], metadata)
 
 
 def _archive_events(

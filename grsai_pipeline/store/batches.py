@@ -371,6 +371,16 @@ def batches_created_since(
         ]
 
 
+def settled_since(conn: Connection, since: datetime) -> list[str]:
+    """Batches settled at or after ``since``, oldest settlement first."""
+    query = (
+        sa.select(batch_jobs.c.id)
+        .where(batch_jobs.c.status == BatchStatus.SETTLED.value, batch_jobs.c.settled_at >= since)
+        .order_by(batch_jobs.c.settled_at, batch_jobs.c.id)
+    )
+    return list(conn.scalars(query))
+
+
 def open_batch_ids(conn: Connection) -> list[str]:
     """Batches with work left (unfinished tasks, or final tasks not settled), oldest first."""
     query = (

@@ -14,6 +14,7 @@ from grsai_pipeline.dev.simulator import SimulatorServer
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.store.db import get_engine
+from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -135,3 +136,33 @@ def test_a_bad_key_fails_the_run_and_no_task(
     assert rows(engine, "SELECT status FROM video_tasks WHERE batch_job_id = :b", b=batch_id) == [
         {"status": "pending"}
     ]
+
+
+def test_a_settlement_whose_event_was_lost_is_reported_by_the_next_run(
+    pipeline_env: dict[str, str], engine: Any, simulator: SimulatorServer, instance: Any
+) -> None:
+    # The batch's run followed it to the end and committed the settlement, then died before
+    # writing the settled_ledger event (a kill -9 between the two).
+    lost = new_batch(engine, [{"prompt": "lost", "model": "sora-2"}])
+    settings = load_settings()
+    db = get_engine(settings.database_url)
+    with batch_worker(db, settings, "killed-run", lost) as worker:
+        worker.run(Until.FINAL, 20)
+    assert settle_batch(db, lost).settled
+    instance.add_dynamic_partitions("batches", [lost])
+    assert lost not in instance.get_materialized_partitions(dg.AssetKey("settled_ledger"))
+
+    result = repoll(instance, budget_s=2)
+
+    assert result.success
+    events = partition_events(result)
+    assert events[("settled_ledger", lost)]["settlement"] == "settled"
+    checks = {
+        (e.check_name, e.passed)
+        for e in result.get_asset_check_evaluations()
+        if e.partition == lost  # type: ignore[attr-defined]
+    }
+    assert {("ledger_balances", True), ("all_tasks_succeeded", True)} <= checks
+    # Reported once: the next run finds it and writes nothing more about it.
+    again = repoll(instance, budget_s=2)
+    assert ("settled_ledger", lost) not in partition_events(again)
