@@ -1,10 +1,12 @@
 """What Dagster knows of the runs at work: which batches have a live run of their own, and
 whether the re-polling run is live.
 
-A run is live while it waits to start, and once started while its engine's heartbeat is fresh
-(the runner id of a run's engine is the run id: ``store/runners.py``) or for its first
-``START_GRACE_S`` (resources, intake). A run whose process died without Dagster knowing stops
-counting within a lease, not hours later."""
+A started run is live while its engine's heartbeat is fresh (the runner id of a run's engine is
+the run id: ``store/runners.py``) or for its first ``START_GRACE_S`` (resources, intake); a run
+whose process died without Dagster knowing stops counting within a lease, not hours later. A
+batch's run that waits in the queue does not hold its batch: the re-polling run follows the
+batch meanwhile (claims and guarded writes make the overlap safe), and leaves it to the run
+once that run's engine beats. A queued re-polling run does count: the schedule waits for it."""
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
 import time
@@ -31,7 +33,8 @@ WAITING_TO_START = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
 ]
-IN_PROGRESS = [*WAITING_TO_START, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+STARTED = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+IN_PROGRESS = [*WAITING_TO_START, *STARTED]
 
 
 def batch_run_tags(batch_id: str, trigger: str, user_id: str | None = None) -> dict[str, str]:
@@ -51,11 +54,14 @@ def missing_batch_tags(tags: Mapping[str, str], batch_id: str, user_id: str) -> 
 
 
 def _live_runs(
-    instance: dg.DagsterInstance, job_name: str, live_runners: Collection[str]
+    instance: dg.DagsterInstance,
+    job_name: str,
+    live_runners: Collection[str],
+    *,
+    waiting_counts: bool,
 ) -> list[dg.RunRecord]:
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS)
-    )
+    statuses = IN_PROGRESS if waiting_counts else STARTED
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, statuses=statuses))
     now = time.time()
     return [r for r in records if _is_live(r, live_runners, now)]
 
@@ -69,10 +75,10 @@ def _is_live(record: dg.RunRecord, live_runners: Collection[str], now: float) ->
 
 
 def batches_with_live_runs(instance: dg.DagsterInstance, live_runners: Collection[str]) -> set[str]:
-    """Batches with a run of ``batch_pipeline`` waiting to start, or started and live
-    (``live_runners``: the ids of the runners whose heartbeat is fresh)."""
+    """Batches with a started, live run of ``batch_pipeline`` (``live_runners``: the ids of
+    the runners whose heartbeat is fresh)."""
     busy = set()
-    for record in _live_runs(instance, BATCH_JOB, live_runners):
+    for record in _live_runs(instance, BATCH_JOB, live_runners, waiting_counts=False):
         tags = record.dagster_run.tags
         key = tags.get("dagster/partition") or tags.get(BATCH_ID_TAG)
         if key:
@@ -85,7 +91,7 @@ def repoll_run_due_for_relief(
 ) -> bool | None:
     """None when no re-polling run is live; else whether the one live run has worked for
     ``after_s`` (its successor may start: the older run ends once the newer one is up)."""
-    live = _live_runs(instance, REPOLL_JOB, live_runners)
+    live = _live_runs(instance, REPOLL_JOB, live_runners, waiting_counts=True)
     if not live:
         return None
     if len(live) > 1:

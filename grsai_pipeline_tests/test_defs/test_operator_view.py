@@ -186,7 +186,8 @@ def test_the_schedule_names_an_invalid_setting_instead_of_failing(
     assert skipped.startswith("cannot re-poll: ") and "GRSAI_MAX_CONCURRENCY" in skipped
 
 
-def test_sensor_runs_carry_the_batch_and_its_user(db_env, engine, instance) -> None:
+def test_sensor_runs_carry_the_batch_and_its_user(db_env, engine, instance, monkeypatch) -> None:
+    monkeypatch.setenv("GRSAI_API_KEY", TEST_API_KEY)  # without one, the sensor waits for it
     batch_id = new_batch(engine, [{"prompt": "a", "model": "sora-2"}], user="fay")
 
     [request] = sensor_tick(instance, None).run_requests

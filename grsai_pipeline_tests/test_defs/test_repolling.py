@@ -166,3 +166,21 @@ def test_a_settlement_whose_event_was_lost_is_reported_by_the_next_run(
     # Reported once: the next run finds it and writes nothing more about it.
     again = repoll(instance, budget_s=2)
     assert ("settled_ledger", lost) not in partition_events(again)
+
+
+def test_a_batch_whose_own_run_has_not_started_is_followed_meanwhile(
+    pipeline_env: dict[str, str], engine: Any, simulator: SimulatorServer, instance: Any
+) -> None:
+    waiting = new_batch(engine, [{"prompt": "queued behind others", "model": "sora-2"}])
+    job = defs.resolve_job_def("batch_pipeline")
+    # Created, not started: how a run waits behind others in the run queue, as far as this goes.
+    queued = instance.create_run_for_job(job, tags={"dagster/partition": waiting})
+    assert instance.get_run_by_id(queued.run_id).status == dg.DagsterRunStatus.NOT_STARTED
+
+    result = repoll(instance, budget_s=10)
+
+    assert result.success
+    assert ("settled_ledger", waiting) in partition_events(result)
+    assert rows(engine, "SELECT status FROM batch_jobs WHERE id = :b", b=waiting) == [
+        {"status": "settled"}
+    ]
