@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -23,7 +23,8 @@ from grsai_pipeline.domain.states import BatchStatus, RetryPolicy
 from grsai_pipeline.store.batches import count_unfinished, lock_batch
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.ledger import open_reservations, record_transaction
-from grsai_pipeline.store.schema import batch_jobs, pipeline_runners, video_tasks
+from grsai_pipeline.store.runners import live_runners
+from grsai_pipeline.store.schema import batch_jobs, video_tasks
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.store.tasks import apply_transitions
 
@@ -96,9 +97,7 @@ def _fail_unsent(
     """In the caller's transaction (which holds the batch's lock): fail the batch's unsent
     tasks as cancelled and refund their reservations; returns (tasks, credits refunded)."""
     t = video_tasks.c
-    live = sa.select(pipeline_runners.c.runner_id).where(
-        pipeline_runners.c.heartbeat_at >= now - timedelta(seconds=lease_s)
-    )
+    live = live_runners(lease_s, now)
     unsent = conn.execute(
         sa.select(t.id, t.status)
         .where(

@@ -14,8 +14,9 @@ import os
 import socket
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -30,20 +31,35 @@ log = logging.getLogger(__name__)
 FORGET_AFTER = timedelta(days=1)
 
 
+def beating_since(since: Any) -> sa.ColumnElement[bool]:
+    """The liveness rule, written once: a runner is live while its last heartbeat is at or
+    after ``since`` (now minus ``GRSAI_CLAIM_LEASE_S``: :func:`live_after`; or a bound
+    parameter standing for it)."""
+    beating: sa.ColumnElement[bool] = pipeline_runners.c.heartbeat_at >= since
+    return beating
+
+
+def live_after(lease_s: float, now: datetime | None = None) -> datetime:
+    return (now or utc_now()) - timedelta(seconds=lease_s)
+
+
+def live_runners(lease_s: float, now: datetime | None = None) -> sa.Select[tuple[str]]:
+    """The ids of the live runners, as a subquery for a claim's or a cancel's condition."""
+    return sa.select(pipeline_runners.c.runner_id).where(beating_since(live_after(lease_s, now)))
+
+
 def batches_with_live_runners(conn: Connection, lease_s: float) -> set[str]:
     """The batches a live per-batch runner is working on."""
     r = pipeline_runners.c
     query = sa.select(r.batch_job_id).where(
-        r.batch_job_id.is_not(None), r.heartbeat_at >= utc_now() - timedelta(seconds=lease_s)
+        r.batch_job_id.is_not(None), beating_since(live_after(lease_s))
     )
     return {str(b) for b in conn.scalars(query)}
 
 
 def live_runner_ids(conn: Connection, lease_s: float) -> set[str]:
     """Every runner whose heartbeat is fresh (a run's engine registers with the run's id)."""
-    r = pipeline_runners.c
-    query = sa.select(r.runner_id).where(r.heartbeat_at >= utc_now() - timedelta(seconds=lease_s))
-    return set(conn.scalars(query))
+    return set(conn.scalars(live_runners(lease_s)))
 
 
 def successor_is_live(conn: Connection, runner: Heartbeat, lease_s: float) -> bool:
@@ -54,7 +70,7 @@ def successor_is_live(conn: Connection, runner: Heartbeat, lease_s: float) -> bo
         r.batch_job_id.is_(None),
         r.runner_id != runner.runner_id,
         r.started_at > runner.started_at,
-        r.heartbeat_at >= utc_now() - timedelta(seconds=lease_s),
+        beating_since(live_after(lease_s)),
     )
     return conn.execute(query.limit(1)).first() is not None
 

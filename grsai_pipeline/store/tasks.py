@@ -22,7 +22,7 @@ import functools
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -40,6 +40,7 @@ from grsai_pipeline.domain.tasks import SORA_MODELS, TASK_FIELDS, TaskSpec, vali
 from grsai_pipeline.errors import InvalidTask
 from grsai_pipeline.store.columns import UtcDateTime
 from grsai_pipeline.store.db import is_postgres
+from grsai_pipeline.store.runners import beating_since, live_after, live_runners
 from grsai_pipeline.store.schema import batch_jobs, credit_ledger, pipeline_runners, video_tasks
 
 t = video_tasks.c
@@ -123,8 +124,7 @@ _CLAIMABLE = (
             t.claimed_by.is_(None),
             t.claimed_by.not_in(
                 sa.select(pipeline_runners.c.runner_id).where(
-                    pipeline_runners.c.heartbeat_at
-                    >= sa.bindparam("live_after", type_=UtcDateTime())
+                    beating_since(sa.bindparam("live_after", type_=UtcDateTime()))
                 )
             ),
         ),
@@ -169,12 +169,12 @@ def claim_waiting_tasks(
     The caller decides the quotas (that is where fairness between batches lives). A task whose
     claim belongs to a runner without a heartbeat for ``lease_s`` is taken over.
     """
-    live_after = now - timedelta(seconds=lease_s)
+    since = live_after(lease_s, now)
     rows: list[Any] = []
     for batch_id, quota in quotas:
         if quota > 0:
             rows += conn.execute(
-                _CLAIMABLE, {"batch_id": batch_id, "live_after": live_after, "quota": quota}
+                _CLAIMABLE, {"batch_id": batch_id, "live_after": since, "quota": quota}
             ).all()
     if not rows:
         return []
@@ -416,9 +416,7 @@ def waiting_per_batch(
     """Per batch (of all batches when None), the tasks that wait to be submitted with no
     claim of a live runner: ``(claimable, waiting)``, where claimable ones are also paid for
     (a cancel fails every waiting one; only claimable ones may be sent)."""
-    live = sa.select(pipeline_runners.c.runner_id).where(
-        pipeline_runners.c.heartbeat_at >= now - timedelta(seconds=lease_s)
-    )
+    live = live_runners(lease_s, now)
     claimable = sa.case((sa.and_(t.status == TaskStatus.PENDING.value, PAID_FOR), 1), else_=0)
     query = sa.select(t.batch_job_id, sa.func.sum(claimable), sa.func.count()).where(
         t.status.in_([TaskStatus.PENDING.value, QUEUED]),
