@@ -119,3 +119,7 @@ def test_sensor_picks_up_a_new_batch_it_settles_and_a_backfill_retries_it(
         )
         assert any("dagster/backfill" in r.dagster_run.tags for r in backfills)
         assert batch_id in instance.get_dynamic_partitions("batches")
+        # The batch written as rows had exactly one run, the sensor's, whoever settled it.
+        (own,) = instance.get_run_records(filters=dg.RunsFilter(tags={"batch_id": rows_batch}))
+        assert own.dagster_run.tags["grsai/trigger"] == "sensor"
+        assert own.dagster_run.tags["user_id"] == "carol"
