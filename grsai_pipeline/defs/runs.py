@@ -26,8 +26,9 @@ BATCH_JOB = "batch_pipeline"
 REPOLL_JOB = "repoll_open_batches"
 CREATE_JOB = "create_batch"
 
-# A started run counts as live this long before its engine's first heartbeat.
-START_GRACE_S = 60.0
+# A started run counts as live this long before its engine's first heartbeat (a run's engine
+# registers within seconds of its start: resources, then the intake of its batch).
+START_GRACE_S = 20.0
 WAITING_TO_START = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

@@ -8,9 +8,13 @@ test process, so it remembers every submit across the kills.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -211,3 +215,68 @@ def test_a_killed_runners_tasks_are_taken_over_within_a_minute_and_a_half(
     assert actual <= reported <= doubtful <= 8
     assert ledger_kinds(engine, batch_id) == {"reserve": len(prompts), "charge": len(prompts)}
     assert_ledger_invariants(engine)
+
+
+def test_a_killed_re_polling_run_holds_neither_the_schedule_nor_its_tasks(
+    crash_env, engine, simulator, tmp_path, monkeypatch
+) -> None:
+    """kill -9 of a re-polling run's process: Dagster still sees the run as started, yet once
+    its engine's heartbeat is stale (and its start-up grace over) the schedule asks for the next
+    run, which polls the tasks again within 90 s of the kill. With the default lease (30 s) and a
+    tick a minute, a dead run is replaced within lease + a minute + a run's start-up."""
+    import httpx
+
+    from grsai_pipeline.defs.runs import START_GRACE_S
+    from grsai_pipeline_tests.test_defs.dagster_helpers import schedule_tick
+    from grsai_pipeline_tests.test_defs.test_repolling import repoll
+
+    # Videos that take minutes: the tasks stay at the API for the whole test.
+    httpx.post(
+        f"{simulator.base_url}/_sim/config", json={"generation_s": [600, 600], "log_polls": True}
+    ).raise_for_status()
+    batch_id = new_batch(
+        engine, [{"prompt": f"long video {i}", "model": "veo-flash"} for i in range(3)]
+    )
+    for name, value in crash_env.items():
+        monkeypatch.setenv(name, value)
+    home = crash_env["DAGSTER_HOME"]
+    config = tmp_path / "repoll.yaml"
+    config.write_text(
+        json.dumps({"ops": {"repoll_open_batches_op": {"config": {"budget_s": 300}}}})
+    )
+    dagster = Path(sys.executable).with_name("dagster")
+    log = tmp_path / "repoll-run.log"
+    with log.open("wb") as out:
+        run = subprocess.Popen(
+            [str(dagster), "job", "execute", "-m", "grsai_pipeline.definitions",
+             "-j", "repoll_open_batches", "-c", str(config)],
+            env={**os.environ, **crash_env}, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def polled_at_api() -> bool:
+        at_api = rows(engine, "SELECT COUNT(*) AS n FROM video_tasks WHERE status = 'processing'")
+        return at_api[0]["n"] == 3 and bool(simulator.simulator.state.polls)
+
+    wait_for(polled_at_api, 90, "the re-polling run to submit and poll the tasks", log)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=10)
+    killed_at = time.time()
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(home)) as instance:
+        (dead,) = instance.get_run_records(dg.RunsFilter(job_name="repoll_open_batches"))
+        assert dead.dagster_run.status == dg.DagsterRunStatus.STARTED  # Dagster does not know
+        # Past GRSAI_CLAIM_LEASE_S (1 s here) since its last heartbeat, and past the grace a
+        # started run has before its engine's first one.
+        started = dead.start_time or dead.create_timestamp.timestamp()
+        time.sleep(max(1.5, started + START_GRACE_S + 0.5 - time.time()))
+
+        requests, skipped = schedule_tick(instance)
+        assert skipped is None and len(requests) == 1, skipped
+
+        assert repoll(instance, budget_s=5).success
+    latest = max(t for times in simulator.simulator.state.polls.values() for t in times)
+    assert latest - killed_at < 90
+    assert latest > killed_at, "the tasks were polled again after the kill"
+    assert rows(engine, "SELECT status FROM batch_jobs WHERE id = :b", b=batch_id) == [
+        {"status": "running"}
+    ]
