@@ -94,6 +94,14 @@ def test_sensor_picks_up_a_new_batch_it_settles_and_a_backfill_retries_it(
         assert ledger_kinds(engine, rows_batch) == {"reserve": 2, "charge": 2}
         assert_ledger_invariants(engine)
 
+        def rows_batch_run() -> bool:
+            # Another engine may settle the batch before the sensor's next tick (every 10 s):
+            # the sensor still gives it its one run.
+            with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as seen:
+                return bool(seen.get_run_records(dg.RunsFilter(tags={"batch_id": rows_batch})))
+
+        wait_for(rows_batch_run, 60, "the sensor's run of the batch written as rows", log)
+
         backfill = [dagster, "job", "backfill", "-w", str(WORKSPACE), "-j", "batch_pipeline",
                     "--partitions", batch_id, "--noprompt"]  # fmt: skip
         launched = subprocess.run(backfill, env=env, cwd=tmp_path, capture_output=True, text=True,
@@ -119,7 +127,7 @@ def test_sensor_picks_up_a_new_batch_it_settles_and_a_backfill_retries_it(
         )
         assert any("dagster/backfill" in r.dagster_run.tags for r in backfills)
         assert batch_id in instance.get_dynamic_partitions("batches")
-        # The batch written as rows had exactly one run, the sensor's, whoever settled it.
+        # The batch written as rows has exactly one run, the sensor's, whoever settled it.
         (own,) = instance.get_run_records(filters=dg.RunsFilter(tags={"batch_id": rows_batch}))
         assert own.dagster_run.tags["grsai/trigger"] == "sensor"
         assert own.dagster_run.tags["user_id"] == "carol"
