@@ -17,6 +17,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from grsai_pipeline.domain.ledger import (
     AccountChange,
@@ -117,11 +118,11 @@ def _move_account(conn: Connection, user_id: str, change: AccountChange, now: da
         raise UnknownAccount(user_id)
 
 
-def open_reservations(conn: Connection, batch_id: str) -> list[OpenReservation]:
-    """Reservations of the batch with no charge or refund yet, with their task's status."""
+def is_closed(reserves: NamedFromClause) -> sa.Exists:
+    """Whether the ``reserve`` entry of the alias ``reserves`` has its ``charge`` or
+    ``refund``: SQL for a statement over ``reserves`` (open reservations, paid before sent)."""
     closes = credit_ledger.alias("closes")
-    reserves = credit_ledger.alias("reserves")
-    has_close = (
+    return (
         sa.select(closes.c.id)
         .where(
             closes.c.video_task_id == reserves.c.video_task_id,
@@ -132,6 +133,11 @@ def open_reservations(conn: Connection, batch_id: str) -> list[OpenReservation]:
         )
         .exists()
     )
+
+
+def open_reservations(conn: Connection, batch_id: str) -> list[OpenReservation]:
+    """Reservations of the batch with no charge or refund yet, with their task's status."""
+    reserves = credit_ledger.alias("reserves")
     query = (
         sa.select(
             reserves.c.user_id,
@@ -145,7 +151,7 @@ def open_reservations(conn: Connection, batch_id: str) -> list[OpenReservation]:
         .where(
             reserves.c.batch_job_id == batch_id,
             reserves.c.kind == EntryKind.RESERVE.value,
-            ~has_close,
+            ~is_closed(reserves),
         )
         .order_by(reserves.c.id)
     )

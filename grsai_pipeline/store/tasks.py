@@ -40,6 +40,7 @@ from grsai_pipeline.domain.tasks import SORA_MODELS, TASK_FIELDS, TaskSpec, vali
 from grsai_pipeline.errors import InvalidTask
 from grsai_pipeline.store.columns import UtcDateTime
 from grsai_pipeline.store.db import is_postgres
+from grsai_pipeline.store.ledger import is_closed
 from grsai_pipeline.store.runners import beating_since, live_after, live_runners
 from grsai_pipeline.store.schema import batch_jobs, credit_ledger, pipeline_runners, video_tasks
 
@@ -51,17 +52,10 @@ def _paid_for() -> sa.ColumnElement[bool]:
     (store/intake.py) and it is free or its current reservation has a ``reserve`` entry that
     no ``charge`` or ``refund`` has closed yet."""
     reserves = credit_ledger.alias("paid_reserve")
-    closes = credit_ledger.alias("paid_close")
-    closed = sa.exists().where(
-        closes.c.video_task_id == reserves.c.video_task_id,
-        closes.c.reservation == reserves.c.reservation,
-        # Inline kinds: SQLite uses a partial unique index only for the very values it names.
-        closes.c.kind.in_([sa.literal_column("'charge'"), sa.literal_column("'refund'")]),
-    )
     open_reserve = sa.exists().where(
         reserves.c.video_task_id == t.id,
         reserves.c.kind == sa.literal_column("'reserve'"),
-        ~closed,
+        ~is_closed(reserves),
     )
     return sa.and_(t.priced_at.is_not(None), sa.or_(t.price == 0, open_reserve))
 

@@ -19,20 +19,25 @@ from grsai_pipeline_tests.helpers import assert_ledger_invariants, rows
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def first_version_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """An empty database brought to revision 0001 only, as the first release left it."""
+def _database_at(request: pytest.FixtureRequest, tmp_path, revision: str) -> Iterator[str]:
+    """An empty database brought to ``revision`` only (SQLite, or PostgreSQL by the param)."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
+        url = f"sqlite:///{tmp_path / f'at-{revision}.db'}"
     else:
         url = request.getfixturevalue("postgres_databases").create(migrated=False)
     engine = sa.create_engine(url)
-    upgrade_schema(engine, "0001")
+    upgrade_schema(engine, revision)
     engine.dispose()
     yield url
     stale = store_db._ENGINES.pop(url, None)
     if stale is not None:
         stale.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def first_version_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """An empty database brought to revision 0001 only, as the first release left it."""
+    yield from _database_at(request, tmp_path, "0001")
 
 
 def fill_first_version(url: str) -> None:
@@ -129,17 +134,7 @@ def test_db_init_on_an_up_to_date_database_changes_nothing(
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def before_intake_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     """A database at revision 0006, the last one before batches written as rows were taken in."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'before-intake.db'}"
-    else:
-        url = request.getfixturevalue("postgres_databases").create(migrated=False)
-    engine = sa.create_engine(url)
-    upgrade_schema(engine, "0006")
-    engine.dispose()
-    yield url
-    stale = store_db._ENGINES.pop(url, None)
-    if stale is not None:
-        stale.dispose()
+    yield from _database_at(request, tmp_path, "0006")
 
 
 def test_upgrading_leaves_unpaid_rows_to_the_intake_and_keeps_paid_ones_priced(
