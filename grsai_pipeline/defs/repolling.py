@@ -1,9 +1,11 @@
-"""``repoll_open_batches``: one run that follows every open batch no other run works on.
+"""``repoll_open_batches``: one run that follows every open batch.
 
 Started by ``repoll_processing_schedule`` (one at work; the next takes over after
-``HANDOVER_AFTER_S``, see ``defs/schedules.py``). Its op polls every
-unfinished task of those batches through one client in one event loop, resubmits what may be
-retried, settles each batch whose tasks are all final, and reports each batch it touched as
+``HANDOVER_AFTER_S``, see ``defs/schedules.py``). Its op submits and polls the unfinished
+tasks of every open batch through one client in one event loop, sharing them task by task
+with whatever other engines are live (a batch's own run, the command line: store/polls.py),
+resubmits what may be retried, settles each batch whose tasks are all final, and reports each
+batch it touched as
 that batch's own materialization of ``polled_results`` (and ``settled_ledger`` when it settles
 it), with the asset checks' results, so the batch's partition page keeps its history.
 
@@ -33,7 +35,7 @@ from typing import Any
 import dagster as dg
 
 from grsai_pipeline.defs.archiving import archive_check, archive_metadata
-from grsai_pipeline.defs.assets import API_POOL, ARCHIVE_CHECK, ARCHIVED, POLLED, SETTLED
+from grsai_pipeline.defs.assets import ARCHIVE_CHECK, ARCHIVED, POLLED, SETTLED
 from grsai_pipeline.defs.checks import (
     LEDGER_CHECK,
     TASKS_CHECK,
@@ -45,7 +47,7 @@ from grsai_pipeline.defs.checks import (
 from grsai_pipeline.defs.metadata import batch_metadata, video_links
 from grsai_pipeline.defs.partitions import BATCHES
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.defs.runs import REPOLL_JOB, batches_with_live_runs
+from grsai_pipeline.defs.runs import REPOLL_JOB
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.work import open_batches_worker
@@ -56,7 +58,6 @@ from grsai_pipeline.store.batches import BatchView, read_batches, settled_since
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.outcomes import BatchOutcomes, batch_outcomes
-from grsai_pipeline.store.runners import live_runner_ids
 from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 
 # How long one re-polling run works at most. Runs hand over without a gap: once a run is
@@ -97,24 +98,22 @@ class _Totals:
         self.batches |= set(report.batches) | {s.batch_id for s in report.settled}
 
 
-@dg.op(pool=API_POOL, out=dg.Out(dg.Nothing))
+# No pool slot: the one run that keeps every open task polled must never queue behind runs
+# of single batches holding the grsai_api pool (measured under the production instance); its
+# own tag limit in dagster.yaml (grsai/repoll: 2) bounds what it adds to the API's load.
+@dg.op(out=dg.Out(dg.Nothing))
 def repoll_open_batches_op(
     context: dg.OpExecutionContext, config: RepollConfig, app_db: AppDatabase, grsai: GrsaiApi
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output[None]]:
-    """Follow every open batch that no run of its own is working on."""
+    """Follow every open batch, task by task beside the other engines at work."""
     settings = grsai.settings()
     reports: queue.Queue[EngineReport | BaseException | None] = queue.Queue()
     stop = threading.Event()
 
-    def busy() -> set[str]:
-        with reading(app_db.engine()) as conn:
-            live = live_runner_ids(conn, settings.claim_lease_s)
-        return batches_with_live_runs(context.instance, live)
-
     def work() -> None:
         deadline = time.monotonic() + config.budget_s
         try:
-            with open_batches_worker(app_db.engine(), settings, context.run.run_id, busy) as w:
+            with open_batches_worker(app_db.engine(), settings, context.run.run_id) as w:
                 while not stop.is_set():
                     period = min(REPORT_EVERY_S, max(0.0, deadline - time.monotonic()))
                     report = w.run(Until.FINAL, period)
@@ -307,7 +306,7 @@ def _ensure_partitions(instance: dg.DagsterInstance, batch_ids: list[str]) -> No
 @dg.job(
     name=REPOLL_JOB,
     executor_def=dg.in_process_executor,
-    description="Follows every open batch that no run of its own works on (one run at a time).",
+    description="Follows every open batch, task by task beside other runs (one at a time).",
 )
 def repoll_open_batches() -> None:
     repoll_open_batches_op()

@@ -1,12 +1,10 @@
-"""What Dagster knows of the runs at work: which batches have a live run of their own, and
-whether the re-polling run is live.
+"""What Dagster knows of the runs at work: whether the re-polling run is live.
 
 A started run is live while its engine's heartbeat is fresh (the runner id of a run's engine is
 the run id: ``store/runners.py``) or for its first ``START_GRACE_S`` (resources, intake); a run
 whose process died without Dagster knowing stops counting within a lease, not hours later. A
-batch's run that waits in the queue does not hold its batch: the re-polling run follows the
-batch meanwhile (claims and guarded writes make the overlap safe), and leaves it to the run
-once that run's engine beats. A queued re-polling run does count: the schedule waits for it."""
+queued re-polling run counts too: the schedule waits for it. Who submits and polls a task is
+never decided here: that is per task, in the application database (store/polls.py)."""
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
 import time
@@ -55,14 +53,11 @@ def missing_batch_tags(tags: Mapping[str, str], batch_id: str, user_id: str) -> 
 
 
 def _live_runs(
-    instance: dg.DagsterInstance,
-    job_name: str,
-    live_runners: Collection[str],
-    *,
-    waiting_counts: bool,
+    instance: dg.DagsterInstance, job_name: str, live_runners: Collection[str]
 ) -> list[dg.RunRecord]:
-    statuses = IN_PROGRESS if waiting_counts else STARTED
-    records = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, statuses=statuses))
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS)
+    )
     now = time.time()
     return [r for r in records if _is_live(r, live_runners, now)]
 
@@ -75,24 +70,12 @@ def _is_live(record: dg.RunRecord, live_runners: Collection[str], now: float) ->
     return now - started < START_GRACE_S
 
 
-def batches_with_live_runs(instance: dg.DagsterInstance, live_runners: Collection[str]) -> set[str]:
-    """Batches with a started, live run of ``batch_pipeline`` (``live_runners``: the ids of
-    the runners whose heartbeat is fresh)."""
-    busy = set()
-    for record in _live_runs(instance, BATCH_JOB, live_runners, waiting_counts=False):
-        tags = record.dagster_run.tags
-        key = tags.get("dagster/partition") or tags.get(BATCH_ID_TAG)
-        if key:
-            busy.add(key)
-    return busy
-
-
 def repoll_run_due_for_relief(
     instance: dg.DagsterInstance, after_s: float, live_runners: Collection[str]
 ) -> bool | None:
     """None when no re-polling run is live; else whether the one live run has worked for
     ``after_s`` (its successor may start: the older run ends once the newer one is up)."""
-    live = _live_runs(instance, REPOLL_JOB, live_runners, waiting_counts=True)
+    live = _live_runs(instance, REPOLL_JOB, live_runners)
     if not live:
         return None
     if len(live) > 1:

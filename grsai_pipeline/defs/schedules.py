@@ -1,12 +1,12 @@
 """``repoll_processing_schedule``: every minute, one run that follows the open batches.
 
-The run (``repoll_open_batches``) covers every batch with unfinished work that no run of its
-own is working on, however many there are. The schedule asks for it when there is such a
-batch and no re-polling run is live, or when the live one has worked for
-``HANDOVER_AFTER_S``: then the next run starts while the old one still polls, and the old one
-ends as soon as the new one's engine is up, so that no task waits for a run to start.
-Production's queued run coordinator allows two such runs at once for that handover (a tag
-limit in ``dagster.yaml``); the database claims make any overlap safe.
+The run (``repoll_open_batches``) covers every batch with unfinished work, however many there
+are, beside whatever runs of their own those batches have (tasks are shared per task in the
+database, store/polls.py). The schedule asks for it when there is such a batch and no
+re-polling run is live, or when the live one has worked for ``HANDOVER_AFTER_S``: then the next
+run starts while the old one still polls, and the old one ends as soon as the new one's engine
+is up, so that no task waits for a run to start. Production's queued run coordinator allows two
+such runs at once for that handover (a tag limit in ``dagster.yaml``).
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
@@ -14,16 +14,11 @@ import dagster as dg
 
 from grsai_pipeline.defs.repolling import HANDOVER_AFTER_S, repoll_open_batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.defs.runs import (
-    REPOLL_TAG,
-    TRIGGER_TAG,
-    batches_with_live_runs,
-    repoll_run_due_for_relief,
-)
+from grsai_pipeline.defs.runs import REPOLL_TAG, TRIGGER_TAG, repoll_run_due_for_relief
 from grsai_pipeline.errors import GrsaiPipelineError
 from grsai_pipeline.store.batches import open_batch_ids
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.runners import batches_with_live_runners, live_runner_ids
+from grsai_pipeline.store.runners import live_runner_ids
 
 
 @dg.schedule(
@@ -39,8 +34,9 @@ def repoll_processing_schedule(
         settings = grsai.settings()
         with reading(app_db.engine()) as conn:
             open_ids = open_batch_ids(conn)
-            taken = batches_with_live_runners(conn, settings.claim_lease_s)
-            live = live_runner_ids(conn, settings.claim_lease_s)
+            # Half a lease: a runner that could not beat for that long stops sending by itself
+            # (store/runners.Heartbeat.fresh), so a killed run is replaced a tick sooner.
+            live = live_runner_ids(conn, settings.claim_lease_s / 2)
     except (dg.Failure, GrsaiPipelineError) as exc:
         # Said in the tick, once a minute, instead of a run that fails every minute.
         reason = exc.description if isinstance(exc, dg.Failure) else str(exc)
@@ -54,12 +50,8 @@ def repoll_processing_schedule(
             "simulator: `make dev` starts one when the key is unset) and restart the code "
             "location."
         )
-    taken |= batches_with_live_runs(context.instance, live)
-    waiting = [b for b in open_ids if b not in taken]
-    if not waiting:
-        return dg.SkipReason(f"{len(open_ids)} open batch(es), each with a run of its own at work")
     if repoll_run_due_for_relief(context.instance, HANDOVER_AFTER_S, live) is False:
-        return dg.SkipReason(f"the re-polling run is still at work ({len(waiting)} batch(es))")
+        return dg.SkipReason(f"the re-polling run is still at work ({len(open_ids)} batch(es))")
     tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else ""
     return dg.RunRequest(
         run_key=f"repoll:{tick}", tags={REPOLL_TAG: "all", TRIGGER_TAG: "schedule"}

@@ -55,6 +55,14 @@ from grsai_pipeline.store.cancels import cancelled_among, sweep_cancelled
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import is_postgres, reading
 from grsai_pipeline.store.intake import awaiting_intake, take_in_batch
+from grsai_pipeline.store.polls import (
+    hold_accepted,
+    hold_for,
+    poll_holds,
+    renew_holds,
+    share_of,
+    take_polls,
+)
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.store.tasks import (
@@ -62,7 +70,6 @@ from grsai_pipeline.store.tasks import (
     RemoteTask,
     apply_transitions,
     claim_waiting_tasks,
-    ids_at_api,
     tasks_at_api,
     unfinished_per_batch,
     waiting_per_batch,
@@ -129,6 +136,8 @@ class Engine:
         # (measured: a transaction took 3x longer). PostgreSQL waits on the network, so its
         # transactions run in a worker thread while the event loop keeps the wire busy.
         self._inline_db = not is_postgres(db)
+        # How far ahead a poll's answer (or an accepted submit) holds the task for this engine.
+        self._hold = hold_for(settings.poll_interval_s, settings.claim_lease_s)
         self._batches: list[str] = []
         # Tasks at the API: their state, and a heap of (due, sequence, id); stale entries skipped.
         self._at_api: dict[str, RemoteTask] = {}
@@ -509,21 +518,23 @@ class Engine:
         """In a worker thread: touches nothing the event loop changes (``known`` is a copy)."""
         now = utc_now()
         claimed: list[ClaimedTask] = []
+        runner_id = self.heartbeat.runner_id
         if transitions or polled or quotas:
             with self.db.begin() as conn:
-                if transitions or polled:
-                    written = apply_transitions(
-                        conn,
-                        transitions,
-                        runner_id=self.heartbeat.runner_id,
-                        now=now,
-                        polled=polled,
-                    )
+                if transitions:
+                    written = apply_transitions(conn, transitions, runner_id=runner_id, now=now)
                     self.report.stale_writes += len(transitions) - written
+                    accepted = [tr.task_id for tr in transitions if isinstance(tr.event, Accepted)]
+                    if accepted:
+                        hold_accepted(conn, runner_id, accepted, until=now + self._hold)
+                if polled:
+                    # Answered, a change or not: when, for whoever follows the task next; and
+                    # this engine goes on holding it.
+                    renew_holds(conn, runner_id, polled, until=now + self._hold, polled_at=now)
                 if quotas:
                     claimed = claim_waiting_tasks(
                         conn,
-                        self.heartbeat.runner_id,
+                        runner_id,
                         quotas,
                         lease_s=self.settings.claim_lease_s,
                         now=now,
@@ -570,10 +581,27 @@ class Engine:
         claimable = {b: paid for b, (paid, _) in waiting.items() if b not in cancelled}
         with reading(self.db) as conn:
             unfinished = unfinished_per_batch(conn, batches) if batches else {}
-            ids = ids_at_api(conn, batches) if batches else set()
-            unknown = ids - known
+        ids = self._hold_polls(batches) if batches else set()
+        unknown = ids - known
+        with reading(self.db) as conn:
             new = tasks_at_api(conn, unknown) if unknown else []
         return Rescan(batches, claimable, unfinished, ids, new, handed_over)
+
+    def _hold_polls(self, batches: list[str]) -> set[str]:
+        """The tasks at the API this engine polls from now on: those it holds, and its share
+        of those nobody live holds (store/polls.py)."""
+        runner_id, lease_s, now = self.heartbeat.runner_id, self.settings.claim_lease_s, utc_now()
+        with reading(self.db) as conn:
+            holds = poll_holds(conn, runner_id, batches, lease_s, now)
+            engines = self.scope.engines(conn, lease_s) if holds.free else 1
+        if not holds.free:
+            return holds.mine
+        wanted = holds.free[: share_of(len(holds.free), engines)]
+        with self.db.begin() as conn:
+            taken = take_polls(
+                conn, runner_id, wanted, until=now + self._hold, lease_s=lease_s, now=now
+            )
+        return holds.mine | taken
 
     def _waiting(self, conn: Connection, batches: list[str]) -> dict[str, tuple[int, int]]:
         if not batches:

@@ -1,16 +1,16 @@
-"""Which batches an engine works on: one batch (a per-batch run), or every open batch that no
-other runner is working on (the re-polling run)."""
+"""Which batches an engine works on: one batch (a per-batch run), or every open batch (the
+re-polling run). Who submits and who polls each task is decided per task in the database
+(claims: store/tasks.py; poll holds: store/polls.py), so scopes may overlap freely."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy.engine import Connection
 
 from grsai_pipeline.store.batches import open_batch_ids
-from grsai_pipeline.store.runners import Heartbeat, batches_with_live_runners, successor_is_live
+from grsai_pipeline.store.runners import Heartbeat, open_batch_runners, successor_is_live
 
 
 class Scope(Protocol):
@@ -20,6 +20,11 @@ class Scope(Protocol):
 
     def handed_over(self, conn: Connection, runner: Heartbeat) -> bool:
         """Whether a newer runner has taken this scope over (this one should end)."""
+        ...
+
+    def engines(self, conn: Connection, lease_s: float) -> int:
+        """How many live engines share this scope's free tasks at the API (this one among
+        them): each takes its share."""
         ...
 
 
@@ -33,19 +38,22 @@ class OneBatch:
     def handed_over(self, conn: Connection, runner: Heartbeat) -> bool:
         return False  # a batch's own run ends when its batch does
 
+    def engines(self, conn: Connection, lease_s: float) -> int:
+        return 1  # a run of one batch takes what of its batch nobody polls
+
 
 @dataclass(frozen=True)
 class OpenBatches:
-    """Every batch not settled, but those a live per-batch runner works on, and those that
-    ``busy`` names (the orchestrator's own runs of one batch, queued or starting)."""
+    """Every batch not settled, whatever other runs of it exist."""
 
     lease_s: float
-    busy: Callable[[], set[str]] = field(default=set)
 
     def batch_ids(self, conn: Connection) -> list[str]:
-        taken = batches_with_live_runners(conn, self.lease_s) | self.busy()
-        return [b for b in open_batch_ids(conn) if b not in taken]
+        return open_batch_ids(conn)
 
     def handed_over(self, conn: Connection, runner: Heartbeat) -> bool:
         # The newest re-polling runner works; an older one hands over as soon as it sees it.
         return successor_is_live(conn, runner, self.lease_s)
+
+    def engines(self, conn: Connection, lease_s: float) -> int:
+        return max(1, open_batch_runners(conn, lease_s))

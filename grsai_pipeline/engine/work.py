@@ -1,5 +1,5 @@
 """The engine's work as the adapters (Dagster, the CLI) ask for it: submit one batch, follow
-one batch to its end, or follow every open batch that no other runner is working on.
+one batch to its end, or follow every open batch.
 
 Each opens a client and a heartbeat for its runner, runs the engine in an event loop of its
 own, and closes them again. Nothing here knows Dagster.
@@ -64,12 +64,10 @@ def batch_worker(db: Database, settings: Settings, runner_id: str, batch_id: str
 
 
 @contextmanager
-def open_batches_worker(
-    db: Database, settings: Settings, runner_id: str, busy: Callable[[], set[str]]
-) -> Iterator[Worker]:
-    """A worker over every open batch but those other runners work on (``busy`` adds the
-    orchestrator's own view of them); ``worker.run`` it in periods, settling in between."""
-    scope = OpenBatches(settings.claim_lease_s, busy)
+def open_batches_worker(db: Database, settings: Settings, runner_id: str) -> Iterator[Worker]:
+    """A worker over every open batch (sharing their tasks with whatever other engines are
+    live); ``worker.run`` it in periods, settling in between."""
+    scope = OpenBatches(settings.claim_lease_s)
     with Worker(db, settings, runner_id, scope, None, settles=True) as worker:
         yield worker
 

@@ -48,13 +48,13 @@ def live_runners(lease_s: float, now: datetime | None = None) -> sa.Select[tuple
     return sa.select(pipeline_runners.c.runner_id).where(beating_since(live_after(lease_s, now)))
 
 
-def batches_with_live_runners(conn: Connection, lease_s: float) -> set[str]:
-    """The batches a live per-batch runner is working on."""
+def open_batch_runners(conn: Connection, lease_s: float) -> int:
+    """How many live runners follow every open batch (no batch of their own)."""
     r = pipeline_runners.c
-    query = sa.select(r.batch_job_id).where(
-        r.batch_job_id.is_not(None), beating_since(live_after(lease_s))
+    query = sa.select(sa.func.count()).where(
+        r.batch_job_id.is_(None), beating_since(live_after(lease_s))
     )
-    return {str(b) for b in conn.scalars(query)}
+    return int(conn.scalar(query) or 0)
 
 
 def live_runner_ids(conn: Connection, lease_s: float) -> set[str]:

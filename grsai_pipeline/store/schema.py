@@ -87,6 +87,9 @@ video_tasks = sa.Table(
     # Ours: the last poll answer that left the task at the API (a change or not); whichever
     # runner follows it next polls the longest-waiting first.
     sa.Column("polled_at", UtcDateTime, nullable=True),
+    # Ours: the runner that polls the task while it is at the API, until when (store/polls.py).
+    sa.Column("polled_by", sa.String(64), nullable=True),
+    sa.Column("poll_held_until", UtcDateTime, nullable=True),
     sa.Column("claimed_by", sa.String(64), nullable=True),
     sa.Column("claimed_at", UtcDateTime, nullable=True),
     sa.Column("possible_duplicates", sa.Integer, nullable=False, server_default="0"),

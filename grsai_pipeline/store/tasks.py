@@ -204,10 +204,8 @@ def apply_transitions(
     *,
     runner_id: str | None,
     now: datetime,
-    polled: Collection[str] = (),
 ) -> int:
-    """Write the transitions in the caller's transaction, and mark the tasks in ``polled`` as
-    answered at ``now``; returns how many rows the transitions changed.
+    """Write the transitions in the caller's transaction; returns how many rows they changed.
 
     Rows whose guard no longer holds are left as they are (and not counted).
     """
@@ -218,8 +216,6 @@ def apply_transitions(
         conn.execute(
             sa.select(t.id).where(t.id.in_(ids)).order_by(t.id).with_for_update(key_share=True)
         ).all()
-    if polled:
-        _mark_polled(conn, sorted(polled), now)
     written = 0
     postgres = is_postgres(conn)
     for wave in _waves(transitions):
@@ -250,20 +246,6 @@ def apply_transitions(
 
 # Ids per IN list: well under SQLite's and psycopg2's limits on bound parameters.
 _CHUNK = 500
-
-
-def _mark_polled(conn: Connection, ids: Sequence[str], now: datetime) -> None:
-    """One statement per chunk: a poll that changed nothing still says when it was answered.
-
-    Only an ordering hint, so it never waits for a lock (and cannot deadlock with the guarded
-    writes): a row another writer holds keeps its older time this once.
-    """
-    for start in range(0, len(ids), _CHUNK):
-        chunk = t.id.in_(ids[start : start + _CHUNK])
-        if is_postgres(conn):
-            free = sa.select(t.id).where(chunk).with_for_update(skip_locked=True, key_share=True)
-            chunk = t.id.in_(free.scalar_subquery())
-        conn.execute(video_tasks.update().where(chunk).values(polled_at=now))
 
 
 def _waves(transitions: Sequence[Transition]) -> list[list[Transition]]:
@@ -395,13 +377,6 @@ def task_for_callback(conn: Connection, task_id: str) -> RemoteTask | None:
         sa.select(*_STATE_COLUMNS, t.batch_job_id, t.model).where(t.id == task_id)
     ).one_or_none()
     return None if row is None else _remote(row)
-
-
-def ids_at_api(conn: Connection, batch_ids: Sequence[str]) -> set[str]:
-    query = sa.select(t.id).where(
-        t.batch_job_id.in_(batch_ids), t.status == TaskStatus.PROCESSING.value
-    )
-    return set(conn.scalars(query))
 
 
 def waiting_per_batch(

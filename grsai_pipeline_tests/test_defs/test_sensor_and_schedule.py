@@ -134,17 +134,20 @@ def test_schedule_asks_for_one_run_that_covers_every_open_batch(app_env, engine,
     assert requests[0].tags["grsai/repoll"] == "all"
 
 
-def test_schedule_skips_when_every_open_batch_has_a_run_of_its_own(
+def test_schedule_asks_for_the_re_polling_run_even_beside_a_batch_s_own_run(
     app_env, engine, instance
 ) -> None:
+    # A run of its own (queued, slow or stuck) holds no batch back: the re-polling run shares
+    # its tasks with it, task by task (store/polls.py).
     busy = new_batch(engine, [TASK])
+    make_processing(engine, busy)
     instance.add_dynamic_partitions("batches", [busy])
     start_run(instance, "batch_pipeline", {"dagster/partition": busy, "batch_id": busy})
 
     requests, skipped = schedule_tick(instance)
 
-    assert requests == []
-    assert skipped is not None and "a run of its own" in skipped
+    assert skipped is None and len(requests) == 1
+    assert requests[0].tags["grsai/repoll"] == "all"
 
 
 def test_schedule_starts_no_second_re_polling_run_while_one_is_live(
@@ -159,18 +162,17 @@ def test_schedule_starts_no_second_re_polling_run_while_one_is_live(
     assert skipped is not None and "still at work" in skipped
 
 
-@pytest.mark.parametrize("job", ["repoll_open_batches", "batch_pipeline"])
-def test_a_started_run_whose_engine_stopped_beating_holds_nothing_back(
-    job: str, app_env, engine, instance, monkeypatch
+def test_a_started_re_polling_run_whose_engine_stopped_beating_holds_nothing_back(
+    app_env, engine, instance, monkeypatch
 ) -> None:
     # A run Dagster still sees as started, whose process died (kill -9): once past its start-up
     # grace, it counts as live only while its engine (runner id = run id) beats.
     batch_id = new_batch(engine, [TASK])
     make_processing(engine, batch_id)
-    run_id = start_run(instance, job, {"grsai/repoll": "all", "dagster/partition": batch_id})
+    run_id = start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})
     monkeypatch.setattr("grsai_pipeline.defs.runs.START_GRACE_S", 0.0)
 
-    with Heartbeat(engine, run_id, 300, None if job == "repoll_open_batches" else batch_id):
+    with Heartbeat(engine, run_id, 300):
         assert schedule_tick(instance)[0] == []
     # The engine stopped beating (its row is gone, as after the lease when killed).
     requests, skipped = schedule_tick(instance)

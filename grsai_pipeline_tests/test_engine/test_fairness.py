@@ -59,7 +59,7 @@ def test_a_small_batch_behind_a_large_one_starts_at_once_and_settles_first(
     done = threading.Event()
 
     def follow() -> None:
-        with open_batches_worker(engine, settings, "fair-runner", set) as worker:
+        with open_batches_worker(engine, settings, "fair-runner") as worker:
             while not done.is_set():
                 if worker.run(Until.FINAL, 1.0).unfinished == 0 and done.is_set():
                     return

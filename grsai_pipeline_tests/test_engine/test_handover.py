@@ -47,7 +47,7 @@ def _submitted_batch(engine: sa.Engine) -> list[str]:
     in batch order."""
     tasks = [{"prompt": f"dune {i}", "model": "veo-flash"} for i in range(TASKS)]
     batch_id = new_batch(engine, tasks)
-    with open_batches_worker(engine, load_settings(), "submitter", set) as worker:
+    with open_batches_worker(engine, load_settings(), "submitter") as worker:
         worker.run(Until.SUBMITTED, 30)
     found = rows(
         engine,
@@ -83,7 +83,7 @@ def test_the_longest_waiting_tasks_are_polled_first_whoever_polled_them_last(
             )
     long_api.simulator.state.polls.clear()
 
-    with open_batches_worker(engine, load_settings(), "follower", set) as worker:
+    with open_batches_worker(engine, load_settings(), "follower") as worker:
         report = worker.run(Until.FINAL, 2.0)
 
     assert report.polls == TASKS  # each once: the next is due an interval (30 s) later
@@ -103,7 +103,7 @@ def test_an_older_runner_of_the_open_batches_ends_once_a_newer_one_is_up(
     ended_at: list[float] = []
 
     def older() -> None:
-        with open_batches_worker(engine, settings, "older-run", set) as worker:
+        with open_batches_worker(engine, settings, "older-run") as worker:
             reports.append(worker.run(Until.FINAL, 60))
             ended_at.append(time.monotonic())
 
@@ -114,7 +114,7 @@ def test_an_older_runner_of_the_open_batches_ends_once_a_newer_one_is_up(
         assert time.monotonic() < deadline, "the older runner never polled"
         time.sleep(0.05)
 
-    with open_batches_worker(engine, settings, "newer-run", set) as newer:
+    with open_batches_worker(engine, settings, "newer-run") as newer:
         up_at = time.monotonic()
         thread.join(timeout=20)
         assert not thread.is_alive(), "the older runner did not hand over"

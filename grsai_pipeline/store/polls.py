@@ -1,0 +1,155 @@
+"""Who polls a task at the API: decided per task, in the database (SPEC 4), never per batch
+from Dagster's run state.
+
+A task at the API is held by one runner (``polled_by``) until ``poll_held_until``. The holder
+renews the hold each time it writes a poll's answer (one interval and a margin ahead: see
+:func:`hold_for`), and takes it when its submit is accepted. Any live engine whose scope covers
+the task may take it once the hold has ended or its holder stopped beating (a run that is
+queued, slow or dead never leaves a task waiting), so several engines share the open tasks
+without polling one task twice in an interval. An engine that finds its task taken by another
+forgets it at its next read of the database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from grsai_pipeline.domain.states import TaskStatus
+from grsai_pipeline.store.db import is_postgres
+from grsai_pipeline.store.runners import live_runners
+from grsai_pipeline.store.schema import video_tasks
+
+t = video_tasks.c
+
+# Ids per IN list: well under SQLite's and psycopg2's limits on bound parameters.
+_CHUNK = 500
+
+
+def hold_for(poll_interval_s: float, lease_s: float) -> timedelta:
+    """How long a poll's answer holds its task: the next poll is due an interval later, and a
+    holder late by half a lease (when a runner that cannot renew its heartbeat stops sending)
+    lets another engine take it."""
+    return timedelta(seconds=poll_interval_s + lease_s / 2)
+
+
+def _free(runner_id: str, lease_s: float, now: datetime) -> sa.ColumnElement[bool]:
+    """A task at the API that ``runner_id`` may take: nobody holds it, its hold ended, or its
+    holder stopped beating."""
+    return sa.and_(
+        t.status == TaskStatus.PROCESSING.value,
+        t.grsai_task_id.is_not(None),
+        sa.or_(
+            t.polled_by.is_(None),
+            t.polled_by == runner_id,
+            t.poll_held_until < now,
+            t.polled_by.not_in(live_runners(lease_s, now)),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class PollHolds:
+    """Of the tasks at the API in a scope: those this runner holds, and those free to take,
+    the longest-waiting first."""
+
+    mine: set[str]
+    free: list[str]
+
+
+def poll_holds(
+    conn: Connection, runner_id: str, batch_ids: Sequence[str], lease_s: float, now: datetime
+) -> PollHolds:
+    waited_since = sa.func.coalesce(t.polled_at, t.submitted_at)
+    query = (
+        sa.select(t.id, t.polled_by, t.poll_held_until)
+        .where(t.batch_job_id.in_(batch_ids), _free(runner_id, lease_s, now))
+        .order_by(waited_since, t.id)
+    )
+    mine: set[str] = set()
+    free: list[str] = []
+    for task_id, holder, until in conn.execute(query):
+        if holder == runner_id and until is not None and until >= now:
+            mine.add(task_id)
+        else:
+            free.append(task_id)
+    return PollHolds(mine, free)
+
+
+def share_of(free: int, engines: int) -> int:
+    """How many free tasks one of ``engines`` engines takes at a read: an even share, so that
+    several re-polling runs divide the open tasks between them."""
+    return math.ceil(free / max(1, engines))
+
+
+def take_polls(
+    conn: Connection,
+    runner_id: str,
+    task_ids: Sequence[str],
+    *,
+    until: datetime,
+    lease_s: float,
+    now: datetime,
+) -> set[str]:
+    """Hold these tasks' polls for ``runner_id`` until ``until``, those still free; returns
+    the ones it got (another engine may have taken some since they were read)."""
+    taken: set[str] = set()
+    for start in range(0, len(task_ids), _CHUNK):
+        chunk = t.id.in_(task_ids[start : start + _CHUNK])
+        if is_postgres(conn):
+            # Rows another engine is taking right now are its own: skipped, never waited for.
+            free = sa.select(t.id).where(chunk).with_for_update(skip_locked=True, key_share=True)
+            chunk = t.id.in_(free.scalar_subquery())
+        statement = (
+            video_tasks.update()
+            .where(chunk, _free(runner_id, lease_s, now))
+            .values(polled_by=runner_id, poll_held_until=until)
+            .returning(t.id)
+        )
+        taken.update(conn.scalars(statement))
+    return taken
+
+
+def renew_holds(
+    conn: Connection,
+    runner_id: str,
+    task_ids: Collection[str],
+    *,
+    until: datetime,
+    polled_at: datetime | None,
+) -> None:
+    """Hold these tasks' polls for ``runner_id`` until ``until`` (and, for a poll's answer,
+    say when it came: ``polled_at``), but those another runner holds now.
+
+    Never waits for a lock (so it cannot deadlock with the guarded writes): a row another
+    writer holds keeps its older hold this once."""
+    values: dict[str, object] = {"polled_by": runner_id, "poll_held_until": until}
+    if polled_at is not None:
+        values["polled_at"] = polled_at
+    ids = sorted(task_ids)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = t.id.in_(ids[start : start + _CHUNK])
+        if is_postgres(conn):
+            free = sa.select(t.id).where(chunk).with_for_update(skip_locked=True, key_share=True)
+            chunk = t.id.in_(free.scalar_subquery())
+        ours = sa.or_(t.polled_by.is_(None), t.polled_by == runner_id)
+        conn.execute(video_tasks.update().where(chunk, ours).values(values))
+
+
+def hold_accepted(
+    conn: Connection, runner_id: str, task_ids: Collection[str], *, until: datetime
+) -> None:
+    """The runner whose submit the API accepted holds the new remote task's polls (a hold of
+    the task's earlier remote task, if any, is void)."""
+    ids = sorted(task_ids)
+    for start in range(0, len(ids), _CHUNK):
+        conn.execute(
+            video_tasks.update()
+            .where(t.id.in_(ids[start : start + _CHUNK]), t.status == TaskStatus.PROCESSING.value)
+            .values(polled_by=runner_id, poll_held_until=until)
+        )

@@ -1,0 +1,134 @@
+"""One poller per task (SPEC 4, issue 22): engines whose scopes overlap (the re-polling run and
+runs of single batches) share the tasks at the API without polling one twice in an interval,
+and a task held by an engine that does not poll it (a slow or stuck run) is polled by another
+once its hold ends."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from grsai_pipeline.config import Settings, load_settings
+from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.engine.loop import Until
+from grsai_pipeline.engine.work import Worker, batch_worker, open_batches_worker
+from grsai_pipeline.store.columns import utc_now
+from grsai_pipeline.store.runners import Heartbeat
+from grsai_pipeline.store.schema import video_tasks
+from grsai_pipeline_tests.conftest import TEST_API_KEY, pipeline_settings
+from grsai_pipeline_tests.helpers import new_batch, rows
+
+INTERVAL_S = 1.0
+
+
+@pytest.fixture
+def long_api(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[SimulatorServer]:
+    """Generations that outlast the test, every poll logged."""
+    config = SimulatorConfig(
+        api_key=TEST_API_KEY, latency_s=(0.005, 0.005), generation_s=(3600, 3600),
+        mix={"succeeded": 1.0}, seed=11, log_polls=True,
+    )  # fmt: skip
+    with SimulatorServer(config) as sim:
+        env = pipeline_settings(database_url, sim.base_url) | {
+            "GRSAI_POLL_INTERVAL_S": str(INTERVAL_S),
+            "GRSAI_CLAIM_LEASE_S": "4",
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        yield sim
+
+
+def _submitted(engine: sa.Engine, n: int, label: str) -> str:
+    """A batch of ``n`` tasks at the API, submitted by a runner that has left since."""
+    batch_id = new_batch(
+        engine, [{"prompt": f"{label} {i}", "model": "veo-flash"} for i in range(n)]
+    )
+    with batch_worker(engine, load_settings(), f"submitter-{label}", batch_id) as worker:
+        worker.run(Until.SUBMITTED, 30)
+    found = rows(engine, "SELECT status FROM video_tasks WHERE batch_job_id = :b", b=batch_id)
+    assert {r["status"] for r in found} == {"processing"}
+    return batch_id
+
+
+def _poll_times(
+    sim: SimulatorServer, engine: sa.Engine, batches: list[str]
+) -> dict[str, list[float]]:
+    """Per task of these batches, when the API was polled about it."""
+    found = rows(engine, "SELECT id, grsai_task_id, batch_job_id FROM video_tasks")
+    remote = {r["grsai_task_id"]: r["id"] for r in found if r["batch_job_id"] in batches}
+    polls = sim.simulator.state.polls
+    return {task: sorted(polls.get(remote_id, [])) for remote_id, task in remote.items()}
+
+
+def _run_together(
+    workers: list[Callable[[], AbstractContextManager[Worker]]], seconds: float
+) -> None:
+    def follow(make: Callable[[], AbstractContextManager[Worker]]) -> None:
+        with make() as worker:
+            worker.run(Until.FINAL, seconds)
+
+    threads = [threading.Thread(target=follow, args=(make,), daemon=True) for make in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + 30)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def test_overlapping_engines_poll_each_task_once_an_interval(
+    engine: sa.Engine, long_api: SimulatorServer
+) -> None:
+    settings: Settings = load_settings()
+    first, second = _submitted(engine, 12, "first"), _submitted(engine, 12, "second")
+    long_api.simulator.state.polls.clear()
+
+    # The re-polling run, each batch's own run and `grsai-pipeline run` of the first, all at
+    # once, for four intervals.
+    _run_together(
+        [
+            lambda: open_batches_worker(engine, settings, "repoll-run"),
+            lambda: batch_worker(engine, settings, "run-of-first", first),
+            lambda: batch_worker(engine, settings, "cli-run-of-first", first),
+            lambda: batch_worker(engine, settings, "run-of-second", second),
+        ],
+        4 * INTERVAL_S,
+    )
+
+    times = _poll_times(long_api, engine, [first, second])
+    assert len(times) == 24 and all(len(t) >= 3 for t in times.values()), times
+    closest = min(b - a for t in times.values() for a, b in itertools.pairwise(t))
+    assert closest > 0.8 * INTERVAL_S
+
+
+def test_tasks_held_by_a_run_that_does_not_poll_them_are_polled_once_its_hold_ends(
+    engine: sa.Engine, long_api: SimulatorServer
+) -> None:
+    # A run of the batch that is alive (it beats) but stuck: it holds every task for 2 s more.
+    batch_id = _submitted(engine, 6, "stuck")
+    long_api.simulator.state.polls.clear()
+    settings = load_settings()
+    with Heartbeat(engine, "stuck-run", settings.claim_lease_s, batch_id):
+        held_until = utc_now() + timedelta(seconds=2)
+        with engine.begin() as conn:
+            conn.execute(
+                video_tasks.update().values(polled_by="stuck-run", poll_held_until=held_until)
+            )
+        with open_batches_worker(engine, settings, "repoll-run") as worker:
+            report = worker.run(Until.FINAL, 6.0)
+
+    times = _poll_times(long_api, engine, [batch_id])
+    assert report.polls >= 6 and all(times.values()), times
+    first = min(t[0] for t in times.values())
+    assert first >= held_until.timestamp() - 0.05  # never while the stuck run held them
+    # Taken at the engine's next read after the hold ended (reads come every 2 s).
+    assert max(t[0] for t in times.values()) <= held_until.timestamp() + 3.5
+    holders = rows(
+        engine, "SELECT DISTINCT polled_by FROM video_tasks WHERE batch_job_id = :b", b=batch_id
+    )
+    assert holders == [{"polled_by": "repoll-run"}]
