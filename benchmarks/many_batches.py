@@ -1,16 +1,50 @@
-"""SPEC 7: 1,000 open batches with 20 processing tasks each, re-polled under the real daemon.
+"""SPEC 7: many open batches polled under the real daemon, in two modes.
 
     python benchmarks/many_batches.py                    # 1,000 x 20, five minutes
     python benchmarks/many_batches.py --batches 100 --minutes 2
+    python benchmarks/many_batches.py --as-users         # 100 x 5 tasks of 180 s, SQLite
+    python benchmarks/many_batches.py --as-users --batches 300 --tasks 10 --postgres
 
-The batches are made and submitted first (the API stand-in keeps every task running for an
-hour), their partitions exist (the sensor has seen them), and then `dagster dev` runs the code
-location with an empty local instance: the schedule's re-polling run is all that polls. The
-stand-in logs every poll; from that log the benchmark prints, over the measured window, the
-longest time any task went without a poll (SPEC 7 asks for under a minute), polls per task,
-the runs Dagster launched, and the CPU the machine spent (the stand-in's share apart).
+The window mode (the default): the batches are made and submitted first (the API stand-in keeps
+every task running for an hour), their partitions exist (the sensor has seen them), and then
+`dagster dev` runs the code location with an empty local instance: the schedule's re-polling
+run is all that polls. The stand-in logs every poll; from that log the benchmark prints, over
+the measured window, the longest time any task went without a poll (SPEC 7 asks for under a
+minute), polls per task, the runs Dagster launched, and the CPU the machine spent (the
+stand-in's share apart). Set GRSAI_DATABASE_URL (an empty postgresql+psycopg2:// database) to
+use PostgreSQL.
 
-Set GRSAI_DATABASE_URL (an empty postgresql+psycopg2:// database) to use PostgreSQL.
+The as-users mode (`--as-users`) measures the product the way users run it, through the same
+doors they use and nothing else: `dagster dev -w workspace.yaml` (webserver, daemon, the sensor
+`new_batches_sensor` and the schedule `repoll_processing_schedule`, both on by default) on a
+fresh DAGSTER_HOME; credits granted with `grsai-pipeline credits grant`; every batch made by
+its own `grsai-pipeline batch create` process, spread over `--create-within` seconds, once the
+webserver answers. Nothing is submitted, partitioned or launched by the benchmark: whatever
+polls a task is a run the sensor or the schedule started. Every task stays running upstream
+for `--generation-s` seconds. The benchmark waits until every batch is settled, then prints,
+from the stand-in's log of submits and polls and from the application database:
+
+- every task polled at least once (the count of tasks never polled);
+- the longest gap between two polls of an open task: for each task, from its submit upstream
+  to its end there (submit + generation), the longest stretch without a poll; the largest, the
+  p95 and the median of these per-task figures, and the tasks whose gap is over 60 s
+  (SPEC 7: GRSAI_POLL_MAX_GAP_S). Its floor is the poll interval: a perfect poller would
+  never leave a task longer;
+- polls per task, and how long after its end upstream the poll that saw a task done came;
+- the first submit of each batch after its creation (`batch_jobs.created_at`);
+- each batch's `settled_at` after the end upstream of its last task (the issue: within
+  4 minutes);
+- the runs Dagster launched, by job and by status, with the errors of failed runs; the CPU the
+  machine spent from `dagster dev`'s start to the last settlement, the stand-in's share apart.
+
+The application database and the instance are SQLite by default (the instance's dagster.yaml
+is the one `make dev` writes). With `--postgres [URL]` (a server; default the local one, user
+postgres) both are fresh PostgreSQL databases made on it, and the instance's dagster.yaml is the
+production one at the repository root (dagster-postgres storage from DAGSTER_PG_URL, the queued
+run coordinator and its limits, run monitoring). With GRSAI_DATABASE_URL set to a postgresql
+URL instead, that database is the application's, and the instance's is DAGSTER_PG_URL or a
+fresh database on the same server. The work directory (dagster dev's log, the batch files, the
+poll log) is kept and printed.
 """
 
 from __future__ import annotations
@@ -27,8 +61,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -85,7 +124,7 @@ def prepare(args: argparse.Namespace, env: dict[str, str], home: Path) -> list[s
     print(f"{args.batches} batches of {args.tasks} tasks created in "
           f"{time.monotonic() - started:.1f} s", flush=True)  # fmt: skip
     started = time.monotonic()
-    with open_batches_worker(db, settings, "benchmark-submit", set) as worker:
+    with open_batches_worker(db, settings, "benchmark-submit") as worker:
         report = worker.run(Until.SUBMITTED, math.inf)
     print(f"{report.accepted} tasks submitted in {time.monotonic() - started:.1f} s", flush=True)
     instance = dg.DagsterInstance.get()  # the one in DAGSTER_HOME
@@ -105,14 +144,8 @@ def longest_gaps(polls: dict[str, list[float]], task_ids: set[str], start: float
     return gaps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=1000)
-    parser.add_argument("--tasks", type=int, default=20, help="processing tasks per batch")
-    parser.add_argument("--minutes", type=float, default=5.0, help="length of the window")
-    parser.add_argument("--concurrency", type=int, default=32)
-    args = parser.parse_args()
-
+def run_window(args: argparse.Namespace) -> None:
+    """The window mode: batches submitted beforehand, then only the re-polling run polls."""
     work = Path(tempfile.mkdtemp(prefix="grsai-many-"))
     home = work / "dagster_home"
     home.mkdir()
@@ -185,19 +218,498 @@ def main() -> None:
         stand_in.stop()
 
 
-def count_runs(home: Path) -> dict[str, int]:
+# --- as users run it: dagster dev, the command line, the sensor and the schedule --------------
+
+AS_USERS_DEFAULTS = {"batches": 100, "tasks": 5, "concurrency": 8}
+LOCAL_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+MAX_GAP_S = 60.0  # SPEC 7: GRSAI_POLL_MAX_GAP_S, the longest a task at the API waits for a poll
+CLI = Path(sys.executable).with_name("grsai-pipeline")
+DAGSTER = Path(sys.executable).with_name("dagster")
+# The instance `make dev` makes (scripts/dev.sh): SQLite, run monitoring on.
+DEV_INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 60
+"""
+RUN_SUMMARY_PROBE = """\
+import collections, json
+import dagster as dg
+i = dg.DagsterInstance.get()
+records = i.get_run_records()
+by_status = collections.Counter(
+    f"{r.dagster_run.job_name} {r.dagster_run.status.value}" for r in records)
+failures = []
+kinds = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+for r in records:
+    if r.dagster_run.status != dg.DagsterRunStatus.FAILURE or len(failures) >= 5:
+        continue
+    for entry in i.all_logs(r.dagster_run.run_id, of_type=kinds):
+        error = getattr(entry.dagster_event.event_specific_data, "error", None)
+        text = error.message if error is not None else entry.message
+        failures.append(f"{r.dagster_run.job_name} {r.dagster_run.run_id[:8]}: {text.strip()}")
+print(json.dumps({"by_status": by_status, "failures": failures}))
+"""
+
+
+def add_as_users_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("as users (--as-users)")
+    group.add_argument(
+        "--as-users",
+        action="store_true",
+        help="dagster dev, batches made with the CLI, the sensor and schedule on",
+    )
+    group.add_argument("--generation-s", type=float, default=180.0,
+                       help="how long each task runs upstream")  # fmt: skip
+    group.add_argument("--latency-ms", type=float, default=100.0, help="API latency")
+    group.add_argument("--poll-interval", type=float, default=2.0, help="GRSAI_POLL_INTERVAL_S")
+    group.add_argument("--poll-budget", type=float, default=5.0, help="GRSAI_POLL_BUDGET_S")
+    group.add_argument("--create-within", type=float, default=20.0,
+                       help="seconds over which the batches are created")  # fmt: skip
+    group.add_argument("--create-workers", type=int, default=4,
+                       help="`batch create` processes at once, at most")  # fmt: skip
+    group.add_argument("--users", type=int, default=50, help="users the batches belong to")
+    group.add_argument(
+        "--timeout", type=float, help="seconds to wait for settlement; generation + 600"
+    )
+    group.add_argument("--postgres", nargs="?", const=LOCAL_POSTGRES, metavar="URL",
+                       help="fresh PostgreSQL databases on this server for the application and"
+                            f" the instance (default {LOCAL_POSTGRES})")  # fmt: skip
+
+
+@dataclass
+class Databases:
+    app_url: str
+    instance_url: str | None  # None: a SQLite instance in DAGSTER_HOME
+    made: list[str] = field(default_factory=list)  # fresh databases this run created
+
+    def describe(self) -> str:
+        app = "PostgreSQL" if self.app_url.startswith("postgresql") else "SQLite"
+        instance = "PostgreSQL" if self.instance_url else "SQLite"
+        return f"application database {app}, instance {instance}"
+
+
+def psycopg2_url(url: str) -> sa.URL:
+    """A PostgreSQL URL with the psycopg2 driver (the one installed; SPEC 1, dagster.yaml)."""
+    return sa.make_url(url).set(drivername="postgresql+psycopg2")
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    """CREATE DATABASE ``name`` on the server of ``server_url``; the new database's URL."""
+    server = psycopg2_url(server_url)
+    admin = sa.create_engine(server.set(database=server.database or "postgres"),
+                             isolation_level="AUTOCOMMIT", poolclass=NullPool)  # fmt: skip
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+def choose_databases(args: argparse.Namespace, work: Path) -> Databases:
+    stamp = f"grsai_bench_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
+    given = os.environ.get("GRSAI_DATABASE_URL")
+    if args.postgres:
+        app, instance = stamp + "_app", stamp + "_dagster"
+        return Databases(fresh_database(args.postgres, app),
+                         fresh_database(args.postgres, instance), [app, instance])  # fmt: skip
+    if given and given.startswith("postgresql"):
+        app_url = psycopg2_url(given).render_as_string(hide_password=False)
+        if os.environ.get("DAGSTER_PG_URL"):
+            instance_url = psycopg2_url(os.environ["DAGSTER_PG_URL"])
+            return Databases(app_url, instance_url.render_as_string(hide_password=False))
+        return Databases(app_url, fresh_database(given, stamp + "_dagster"), [stamp + "_dagster"])
+    return Databases(given or f"sqlite:///{work}/app.db", None)
+
+
+def as_users_env(args: argparse.Namespace, base_url: str, work: Path, dbs: Databases
+                 ) -> dict[str, str]:  # fmt: skip
+    """The environment of every process: the CLI's, dagster dev's and its runs'."""
+    home = work / "dagster_home"
+    home.mkdir()
+    instance_yaml = (REPO / "dagster.yaml").read_text() if dbs.instance_url else DEV_INSTANCE_YAML
+    (home / "dagster.yaml").write_text(instance_yaml)
+    env = {
+        **os.environ,
+        "GRSAI_API_KEY": API_KEY,
+        "GRSAI_BASE_URL": base_url,
+        "GRSAI_DATABASE_URL": dbs.app_url,
+        "GRSAI_MAX_CONCURRENCY": str(args.concurrency),
+        "GRSAI_POLL_INTERVAL_S": f"{args.poll_interval:g}",
+        "GRSAI_POLL_BUDGET_S": f"{args.poll_budget:g}",
+        "GRSAI_ARCHIVE_URL": str(work / "videos"),  # not ./videos of the repository
+        "DAGSTER_HOME": str(home),
+    }
+    if dbs.instance_url:
+        env["DAGSTER_PG_URL"] = dbs.instance_url
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    """``grsai-pipeline ARGS`` as a user types it; its stdout."""
+    done = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"grsai-pipeline {' '.join(args)}: exit {done.returncode}: "
+                         f"{done.stderr.strip()[-2000:]}")  # fmt: skip
+    return done.stdout
+
+
+def users_of(args: argparse.Namespace) -> list[str]:
+    return [f"user-{n}" for n in range(min(args.users, args.batches))]
+
+
+def grant_credits(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Enough credits for every user's batches (Sora, 10 s: 10 credits a task; twice that)."""
+    users = users_of(args)
+    amount = 20 * args.tasks * math.ceil(args.batches / len(users))
+    with ThreadPoolExecutor(args.create_workers) as pool:
+        list(pool.map(lambda user: cli(env, "credits", "grant", user, str(amount)), users))
+
+
+def write_batch_files(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
+    """Per batch, its user and its batch file (a JSON list of Sora tasks, as the web app writes)."""
+    users = users_of(args)
+    files = []
+    for n in range(args.batches):
+        user = users[n % len(users)]
+        tasks = [{"prompt": f"{user} batch {n} task {i}", "model": "sora-2"}
+                 for i in range(args.tasks)]  # fmt: skip
+        path = work / "batches" / f"batch-{n}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(tasks))
+        files.append((user, path))
+    return files
+
+
+@dataclass
+class Created:
+    batch_id: str
+    began: float  # wall clock
+    ended: float
+    late_s: float  # how far behind its planned start the call began
+
+
+def create_batches(args: argparse.Namespace, env: dict[str, str],
+                   files: list[tuple[str, Path]]) -> list[Created]:  # fmt: skip
+    """One `grsai-pipeline batch create` process per batch, starting evenly over
+    ``--create-within`` seconds, at most ``--create-workers`` at once."""
+    start = time.time() + 0.5
+    step = args.create_within / len(files)
+
+    def create(n: int) -> Created:
+        planned = start + n * step
+        time.sleep(max(0.0, planned - time.time()))
+        began = time.time()
+        user, path = files[n]
+        batch_id = cli(env, "batch", "create", str(path), "--user", user).strip()
+        return Created(batch_id, began, time.time(), began - planned)
+
+    with ThreadPoolExecutor(args.create_workers) as pool:
+        return list(pool.map(create, range(len(files))))
+
+
+def start_dagster_dev(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`dagster dev -w workspace.yaml` in the repository, its output to ``log``."""
+    port = free_port()
+    with log.open("wb") as out:
+        dev = subprocess.Popen(
+            [DAGSTER, "dev", "-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return dev, port
+
+
+def wait_for_webserver(dev: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if dev.poll() is not None:
+            raise SystemExit(f"dagster dev exited ({dev.returncode}); see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"dagster dev's webserver did not answer within 5 minutes; see {log}")
+
+
+def stop_dagster_dev(dev: subprocess.Popen[bytes]) -> None:
+    os.killpg(dev.pid, signal.SIGTERM)
+    try:
+        dev.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # a run still winding down: the figures are in
+        os.killpg(dev.pid, signal.SIGKILL)
+        dev.wait(timeout=30)
+
+
+def settled_count(db: sa.Engine, batch_ids: list[str]) -> int:
+    from grsai_pipeline.store.schema import batch_jobs
+
+    query = sa.select(sa.func.count()).where(
+        batch_jobs.c.id.in_(batch_ids), batch_jobs.c.status == "settled"
+    )
+    with db.connect() as conn:
+        return int(conn.scalar(query) or 0)
+
+
+def wait_until_settled(db: sa.Engine, batch_ids: list[str], timeout_s: float,
+                       dev: subprocess.Popen[bytes]) -> bool:  # fmt: skip
+    """Until every batch is settled (True), or ``timeout_s`` passed (False); progress each
+    minute."""
+    started = time.monotonic()
+    shown = started
+    while (done := settled_count(db, batch_ids)) < len(batch_ids):
+        if dev.poll() is not None:
+            raise SystemExit(f"dagster dev exited ({dev.returncode}) before every batch settled")
+        if time.monotonic() - started > timeout_s:
+            return False
+        if time.monotonic() - shown >= 60:
+            shown = time.monotonic()
+            print(f"  {shown - started:.0f} s: {done} of {len(batch_ids)} batches settled",
+                  flush=True)  # fmt: skip
+        time.sleep(2)
+    return True
+
+
+@dataclass
+class Observed:
+    """What the run left: the stand-in's log and the application database's rows."""
+
+    remote: dict[str, tuple[float, float]]  # remote task id: (made, ended) upstream
+    polls: dict[str, list[float]]  # remote task id: poll times, sorted
+    batch_of: dict[str, str]  # remote task id (the task's latest): batch id
+    created: dict[str, float]  # batch id: batch_jobs.created_at
+    settled: dict[str, float]  # batch id: batch_jobs.settled_at, settled batches only
+    tasks: int  # rows in video_tasks of these batches
+    unsent: int  # of them, never given a remote id
+
+
+def read_app_database(
+    db: sa.Engine, batch_ids: list[str]
+) -> tuple[dict[str, str], dict[str, float], dict[str, float], int, int]:
+    """Remote task id -> batch, batches' created_at and settled_at, tasks and unsent tasks."""
+    from grsai_pipeline.store.schema import batch_jobs, video_tasks
+
+    with db.connect() as conn:
+        batches = conn.execute(
+            sa.select(batch_jobs.c.id, batch_jobs.c.created_at, batch_jobs.c.settled_at)
+            .where(batch_jobs.c.id.in_(batch_ids))
+        ).all()  # fmt: skip
+        tasks = conn.execute(
+            sa.select(video_tasks.c.batch_job_id, video_tasks.c.grsai_task_id)
+            .where(video_tasks.c.batch_job_id.in_(batch_ids))
+        ).all()  # fmt: skip
+    batch_of = {remote: batch for batch, remote in tasks if remote}
+    created = {row.id: row.created_at.timestamp() for row in batches}
+    settled = {row.id: row.settled_at.timestamp() for row in batches if row.settled_at}
+    return batch_of, created, settled, len(tasks), sum(1 for _, remote in tasks if not remote)
+
+
+def task_longest_gap(made: float, ended: float, polls: list[float]) -> float:
+    """The longest stretch of [made, ended] (the task open upstream) without a poll."""
+    edges = [made, *(t for t in polls if made < t < ended), ended]
+    return max(b - a for a, b in itertools.pairwise(edges))
+
+
+def seen_done_after(ended: float, polls: list[float], latency_s: float) -> float | None:
+    """How long after its end upstream the first answer saying it is done left the stand-in.
+
+    The stand-in logs a poll when it arrives and judges the task ``latency_s`` later."""
+    return next((t + latency_s - ended for t in polls if t + latency_s >= ended), None)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "none"
+    median, p95 = statistics.median(values), pct(values, 0.95)
+    return f"p50 {median:.1f} s, p95 {p95:.1f} s, max {max(values):.1f} s"
+
+
+def print_header(args: argparse.Namespace, dbs: Databases) -> None:
+    print(f"as users: {args.batches:,} batches x {args.tasks} tasks "
+          f"({args.batches * args.tasks:,} tasks) of {args.generation_s:g} s upstream, "
+          f"{len(users_of(args))} users, API latency {args.latency_ms:g} ms; "
+          f"GRSAI_POLL_INTERVAL_S={args.poll_interval:g} GRSAI_POLL_BUDGET_S={args.poll_budget:g}"
+          f" GRSAI_MAX_CONCURRENCY={args.concurrency}; {dbs.describe()}; "
+          f"{os.cpu_count()} cores", flush=True)  # fmt: skip
+
+
+def print_creation(args: argparse.Namespace, made: list[Created]) -> None:
+    span = max(c.ended for c in made) - min(c.began for c in made)
+    calls = [c.ended - c.began for c in made]
+    print(f"created {len(made):,} batches with `grsai-pipeline batch create` in {span:.1f} s "
+          f"(asked: within {args.create_within:g} s, {args.create_workers} at a time; a call "
+          f"{spread(calls)}; latest start {max(c.late_s for c in made):.1f} s behind plan)",
+          flush=True)  # fmt: skip
+
+
+def print_polling(args: argparse.Namespace, seen: Observed) -> None:
+    remote = seen.remote
+    never = [r for r in remote if not seen.polls.get(r)]
+    print(f"tasks: {seen.tasks:,} in the application database, {len(remote):,} made upstream "
+          f"({seen.unsent} never sent; {len(set(remote) - set(seen.batch_of))} remote tasks "
+          f"no row names: resubmits)")  # fmt: skip
+    print(f"never polled: {len(never)}" + (" (every task polled)" if not never else ""))
+    gaps = [task_longest_gap(*remote[r], seen.polls.get(r, [])) for r in remote]
+    if not gaps:
+        return
+    worst = max(gaps)
+    print(f"longest gap between two polls of an open task: {worst:.1f} s (per task: p95 "
+          f"{pct(gaps, 0.95):.1f} s, median {statistics.median(gaps):.1f} s); tasks with a gap "
+          f"over {MAX_GAP_S:g} s: {sum(1 for g in gaps if g > MAX_GAP_S)}")  # fmt: skip
+    print(f"floor: poll interval {args.poll_interval:g} s; longest gap / floor = "
+          f"{worst / args.poll_interval:.1f}x")  # fmt: skip
+    latency_s = args.latency_ms / 1000
+    while_open = sum(
+        1 for r in remote for t in seen.polls.get(r, []) if t + latency_s < remote[r][1]
+    )
+    after = sum(len(seen.polls.get(r, [])) for r in remote) - while_open
+    print(f"polls per task: {(while_open + after) / len(remote):.1f} "
+          f"({while_open / len(remote):.1f} while it ran upstream, {after / len(remote):.1f} "
+          f"after its end)")  # fmt: skip
+    seen_done = [d for r in remote
+                 if (d := seen_done_after(remote[r][1], seen.polls.get(r, []), latency_s))
+                 is not None]  # fmt: skip
+    print(f"end upstream -> the poll answer that told it: {spread(seen_done)} "
+          f"({len(remote) - len(seen_done)} tasks never told)")  # fmt: skip
+
+
+def print_batches(seen: Observed) -> None:
+    first_submit: dict[str, float] = {}
+    last_end: dict[str, float] = {}
+    for remote, batch in seen.batch_of.items():
+        made, ended = seen.remote.get(remote, (math.inf, -math.inf))
+        first_submit[batch] = min(first_submit.get(batch, math.inf), made)
+        last_end[batch] = max(last_end.get(batch, -math.inf), ended)
+    delays = [first_submit[b] - seen.created[b] for b in first_submit if b in seen.created]
+    print(f"first submit after the batch's creation: {spread(delays)}")
+    lags = [seen.settled[b] - last_end[b] for b in seen.settled if b in last_end]
+    late = sum(1 for lag in lags if lag > 240)
+    print(f"settled after its last task's end upstream: {spread(lags)}; over 4 min: {late}")
+
+
+def run_summary(env: dict[str, str]) -> dict[str, Any]:
+    """Runs by job, by job and status, and the errors of (up to five) failed runs."""
+    home = Path(env["DAGSTER_HOME"])
+    summary = instance_probe(RUN_SUMMARY_PROBE, env)
+    return {"by_job": count_runs(home, env), **(summary if isinstance(summary, dict) else {})}
+
+
+def print_runs(summary: dict[str, Any], log: Path) -> None:
+    print(f"runs launched: {summary['by_job']}")
+    print(f"runs by status (before `dagster dev` was stopped): {summary.get('by_status', '?')}")
+    for failure in summary.get("failures", []):
+        print(f"  failed: {failure[:400]}")
+    errors = sum(
+        1 for line in log.read_text(errors="replace").splitlines() if " - ERROR - " in line
+    )
+    print(f"lines with ' - ERROR - ' in dagster dev's log: {errors} ({log})")
+
+
+def run_as_users(args: argparse.Namespace) -> None:
+    """The as-users mode; see the module's docstring."""
+    work = Path(tempfile.mkdtemp(prefix="grsai-as-users-"))
+    dbs = choose_databases(args, work)
+    gen = args.generation_s
+    stand_in = StandIn(args.latency_ms / 1000, (gen, gen), log_polls=True)
+    try:
+        env = as_users_env(args, stand_in.base_url, work, dbs)
+        print_header(args, dbs)
+        measure_as_users(args, env, stand_in, dbs, work)
+    finally:
+        stand_in.stop()
+    if dbs.made:
+        print(f"fresh databases kept: {', '.join(dbs.made)}")
+    print(f"work directory: {work}")
+
+
+def measure_as_users(args: argparse.Namespace, env: dict[str, str], stand_in: StandIn,
+                     dbs: Databases, work: Path) -> None:  # fmt: skip
+    cli(env, "db", "init")
+    grant_credits(args, env)
+    files = write_batch_files(args, work)
+    log = work / "dagster-dev.log"
+    db = sa.create_engine(dbs.app_url, poolclass=NullPool)
+    busy_before, stand_in_before = machine_busy_s(), _cpu_of(stand_in.pid)
+    launched = time.time()
+    dev, port = start_dagster_dev(env, log)
+    try:
+        wait_for_webserver(dev, port, log)
+        print(f"dagster dev answers {time.time() - launched:.0f} s after its start", flush=True)
+        made = create_batches(args, env, files)
+        print_creation(args, made)
+        batch_ids = [c.batch_id for c in made]
+        timeout = args.timeout if args.timeout is not None else args.generation_s + 600
+        all_settled = wait_until_settled(db, batch_ids, timeout, dev)
+        elapsed = time.time() - launched
+        busy = machine_busy_s() - busy_before
+        stand_in_cpu = _cpu_of(stand_in.pid) - stand_in_before
+        polls, remote = stand_in.polls(), stand_in.remote_tasks()
+        runs = run_summary(env)
+    finally:
+        stop_dagster_dev(dev)
+    (work / "polls.json").write_text(json.dumps(polls))
+    batch_of, created, settled, tasks, unsent = read_app_database(db, batch_ids)
+    seen = Observed(remote, {r: sorted(t) for r, t in polls.items()}, batch_of, created, settled,
+                    tasks, unsent)  # fmt: skip
+    state = "every batch settled" if all_settled else f"TIMED OUT after {timeout:.0f} s"
+    print(f"{len(settled):,} of {len(batch_ids):,} batches settled ({state}), "
+          f"{elapsed:.0f} s after `dagster dev` started")  # fmt: skip
+    print_polling(args, seen)
+    print_batches(seen)
+    print_runs(runs, log)
+    print(f"CPU from `dagster dev`'s start to the last settlement ({os.cpu_count()} cores x "
+          f"{elapsed:.0f} s = {(os.cpu_count() or 1) * elapsed:.0f} s): {busy:.0f} s busy, of "
+          f"which the API stand-in {stand_in_cpu:.1f} s")  # fmt: skip
+
+
+def count_runs(home: Path, env: dict[str, str] | None = None) -> dict[str, int]:
+    """Runs in the instance of ``home``, by job name (``env``: DAGSTER_PG_URL and such)."""
     probe = (
         "import dagster as dg, json, collections\n"
         "i = dg.DagsterInstance.get()\n"
         "c = collections.Counter(r.dagster_run.job_name for r in i.get_run_records())\n"
         "print(json.dumps(c))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=False, env={**os.environ, "DAGSTER_HOME": str(home)})  # fmt: skip
+    found = instance_probe(probe, {**(env or os.environ), "DAGSTER_HOME": str(home)})
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def instance_probe(code: str, env: dict[str, str]) -> Any:
+    """Run ``code`` in a fresh interpreter (its own Dagster instance); the JSON it prints last."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, env=env)  # fmt: skip
     try:
-        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        return json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        return {}
+        return None
+
+
+WINDOW_DEFAULTS = {"batches": 1000, "tasks": 20, "concurrency": 32}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, help="1,000; as users 100")
+    parser.add_argument("--tasks", type=int, help="tasks per batch: 20; as users 5")
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the window")
+    parser.add_argument("--concurrency", type=int, help="GRSAI_MAX_CONCURRENCY: 32; as users 8")
+    add_as_users_arguments(parser)
+    args = parser.parse_args()
+    defaults = AS_USERS_DEFAULTS if args.as_users else WINDOW_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.as_users:
+        run_as_users(args)
+    else:
+        run_window(args)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from grsai_pipeline.dev.simulator import Simulator
 
 API_KEY = "sk-benchmark"
 SORA_SUBMIT_PATH = "/v1/video/sora-video"
@@ -172,6 +180,15 @@ class StandIn:
     def reset(self) -> None:
         self._call("POST", "/_sim/reset")
 
+    def polls(self) -> dict[str, list[float]]:
+        """Per remote task id, the wall-clock times its polls arrived (with ``log_polls``)."""
+        return {task: list(times) for task, times in self._call("GET", "/_sim/polls").items()}
+
+    def remote_tasks(self) -> dict[str, tuple[float, float]]:
+        """Per remote task id, when it was made upstream (wall clock) and when it ended there."""
+        answer = self._call("GET", "/_bench/tasks")
+        return {task: (float(made), float(ended)) for task, (made, ended) in answer.items()}
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
@@ -179,12 +196,38 @@ class StandIn:
 
 def serve_stand_in(port: int, config_json: str) -> None:
     import uvicorn
+    from starlette.routing import Route
 
     from grsai_pipeline.dev.simulator import Simulator, SimulatorConfig
 
     config = SimulatorConfig.model_validate(json.loads(config_json))
+    simulator = Simulator(config)
+    simulator.app.router.routes.append(
+        Route("/_bench/tasks", _remote_tasks_route(simulator), methods=["GET"])
+    )
     # No access log: at thousands of requests a second, printing it would be the bottleneck.
-    uvicorn.run(Simulator(config).app, port=port, log_level="warning", access_log=False)
+    uvicorn.run(simulator.app, port=port, log_level="warning", access_log=False)
+
+
+def _remote_tasks_route(simulator: Simulator) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /_bench/tasks``: per remote task id, [made, ended] upstream, wall-clock seconds.
+
+    The simulator keeps a task's start on the monotonic clock; it is turned into wall-clock
+    time here, on the clock the poll log uses. A task has ended (its poll answers it final)
+    ``duration_s`` after it was made."""
+
+    from starlette.responses import JSONResponse
+
+    async def remote_tasks(request: Request) -> Response:
+        offset = time.time() - time.monotonic()
+        return JSONResponse(
+            {
+                task.id: [offset + task.created, offset + task.created + task.duration_s]
+                for task in simulator.state.tasks.values()
+            }
+        )
+
+    return remote_tasks
 
 
 # --- the pipeline ---------------------------------------------------------------------------
