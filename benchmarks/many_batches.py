@@ -225,7 +225,7 @@ LOCAL_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 MAX_GAP_S = 60.0  # SPEC 7: GRSAI_POLL_MAX_GAP_S, the longest a task at the API waits for a poll
 CLI = Path(sys.executable).with_name("grsai-pipeline")
 DAGSTER = Path(sys.executable).with_name("dagster")
-# The instance `make dev` makes (scripts/dev.sh): SQLite, run monitoring on.
+# The instance `make dev` makes (scripts/dev.sh): SQLite, run monitoring on, sensor runs paced.
 DEV_INSTANCE_YAML = """\
 telemetry:
   enabled: false
@@ -234,6 +234,12 @@ run_monitoring:
   start_timeout_seconds: 300
   cancel_timeout_seconds: 180
   poll_interval_seconds: 60
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: grsai/trigger
+        value: sensor
+        limit: 2
 """
 RUN_SUMMARY_PROBE = """\
 import collections, json

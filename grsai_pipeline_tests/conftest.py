@@ -216,6 +216,20 @@ def pipeline_env(
     return env
 
 
+# Tests that start `dagster dev`, the daemon or a browser: each keeps a core busy for a minute,
+# so they run one after another on one test process (pytest-xdist's loadgroup).
+HEAVY_MODULES = frozenset(
+    {"test_dagster_dev", "test_many_batches", "test_postgres_deployment", "test_ui_browser",
+     "test_make_dev"}
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in HEAVY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("dagster"))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say how many tests ran against each database, so a CI log shows PostgreSQL was used,
     and the figures tests recorded (``record_property("figures", ...)``)."""

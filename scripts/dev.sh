@@ -10,7 +10,8 @@ DAGSTER=${DAGSTER:-$BIN/dagster}
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/dagster_home}
 mkdir -p "$DAGSTER_HOME"
 if [ ! -e "$DAGSTER_HOME/dagster.yaml" ]; then
-  # Run monitoring: the daemon fails a run whose process died, as production's dagster.yaml does.
+  # Run monitoring (the daemon fails a run whose process died) and the sensor's runs two at a
+  # time, as in production's dagster.yaml.
   cat >"$DAGSTER_HOME/dagster.yaml" <<'YAML'
 telemetry:
   enabled: false
@@ -19,6 +20,12 @@ run_monitoring:
   start_timeout_seconds: 300
   cancel_timeout_seconds: 180
   poll_interval_seconds: 60
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: grsai/trigger
+        value: sensor
+        limit: 2
 YAML
 fi
 

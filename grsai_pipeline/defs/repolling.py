@@ -65,6 +65,10 @@ from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 # the newer one's engine is up (engine/scope.py). The budget only ends a run nobody relieved.
 DEFAULT_BUDGET_S = 360.0
 HANDOVER_AFTER_S = 180.0
+# With nothing open, a run stays up this long (reading the database every IDLE_READ_S), so that
+# the next batch's first submits come within seconds, not after a sensor tick and a run start.
+DEFAULT_LINGER_S = 120.0
+IDLE_READ_S = 2.0
 # Settled batches this recent are checked for a missing settled_ledger event by each run.
 UNREPORTED_WITHIN = timedelta(days=1)
 # The engine hands over what it did at least this often.
@@ -77,9 +81,11 @@ ARCHIVE_IDLE_S = 5.0
 
 
 class RepollConfig(dg.Config):
-    """``budget_s``: how long this run follows the open batches before it ends."""
+    """``budget_s``: how long this run follows the open batches before it ends; ``linger_s``:
+    how long it stays up with no batch open (within its budget)."""
 
     budget_s: float = DEFAULT_BUDGET_S
+    linger_s: float = DEFAULT_LINGER_S
 
 
 @dataclass
@@ -112,15 +118,23 @@ def repoll_open_batches_op(
 
     def work() -> None:
         deadline = time.monotonic() + config.budget_s
+        idle_since: float | None = None
         try:
             with open_batches_worker(app_db.engine(), settings, context.run.run_id) as w:
                 while not stop.is_set():
                     period = min(REPORT_EVERY_S, max(0.0, deadline - time.monotonic()))
                     report = w.run(Until.FINAL, period)
                     reports.put(report)
-                    done = report.unfinished == 0 or report.handed_over
-                    if done or time.monotonic() >= deadline:
+                    now = time.monotonic()
+                    if report.handed_over or now >= deadline:
                         break
+                    if report.unfinished:
+                        idle_since = None
+                        continue
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since >= config.linger_s:
+                        break
+                    stop.wait(min(IDLE_READ_S, deadline - now))
         except BaseException as error:  # handed to the op's thread, which raises it
             reports.put(error)
         finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 from typing import Any
 
 import dagster as dg
@@ -20,8 +22,11 @@ from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds,
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def repoll(instance: dg.DagsterInstance, budget_s: float = 20) -> dg.ExecuteInProcessResult:
-    config = {"ops": {"repoll_open_batches_op": {"config": {"budget_s": budget_s}}}}
+def repoll(
+    instance: dg.DagsterInstance, budget_s: float = 20, linger_s: float = 0
+) -> dg.ExecuteInProcessResult:
+    op_config = {"budget_s": budget_s, "linger_s": linger_s}
+    config = {"ops": {"repoll_open_batches_op": {"config": op_config}}}
     return defs.resolve_job_def("repoll_open_batches").execute_in_process(
         run_config=config | QUIET, instance=instance, raise_on_error=False
     )
@@ -186,3 +191,29 @@ def test_a_batch_whose_own_run_has_not_started_is_followed_meanwhile(
     assert rows(engine, "SELECT status FROM batch_jobs WHERE id = :b", b=waiting) == [
         {"status": "settled"}
     ]
+
+
+def test_with_nothing_open_the_run_stays_up_and_sends_a_new_batch_within_seconds(
+    pipeline_env: dict[str, str], engine: Any, simulator: SimulatorServer, instance: Any
+) -> None:
+    # The next batch waits neither for the sensor's tick nor for a run to start (SPEC 4).
+    results: list[dg.ExecuteInProcessResult] = []
+    started = time.monotonic()
+    runner = threading.Thread(target=lambda: results.append(repoll(instance, 30, linger_s=8)))
+    runner.start()
+    time.sleep(3)
+    batch_id = new_batch(engine, [{"prompt": "late arrival", "model": "veo-flash"}])
+    created = time.monotonic()
+
+    def sent() -> bool:
+        found = rows(engine, "SELECT status FROM video_tasks WHERE batch_job_id = :b", b=batch_id)
+        return found[0]["status"] != "pending"
+
+    while not sent():
+        assert time.monotonic() - created < 4, "the lingering run did not send the new batch"
+        time.sleep(0.05)
+    runner.join(timeout=60)
+    assert results and results[0].success
+    assert ("settled_ledger", batch_id) in partition_events(results[0])
+    # It went on for its linger after the batch settled, and no longer: far within its budget.
+    assert time.monotonic() - started < 25
