@@ -30,6 +30,7 @@ def _modules_matching(pattern: str) -> set[str]:
             r"video_tasks\.update\(\)",
             {
                 "store/tasks.py",  # a task's state, after an event
+                "store/polls.py",  # who polls it while it is at the API (never its state)
                 "store/archives.py",  # where its video was copied: no state, no money
             },
         ),

@@ -3,24 +3,23 @@
 Work comes from two places. Tasks to submit are claimed from the database just before they
 are sent, fairly across the batches in scope (one batch after another, a few tasks each), and
 never more than there are free slots: a crash leaves at most ``GRSAI_MAX_CONCURRENCY`` submits
-in doubt. Tasks at the API wait in a heap ordered by when their next poll is due. A free slot
-takes a due poll or a claimed submit, in turn.
+in doubt. Tasks at the API this engine holds the polls of wait in a heap ordered by when their
+next poll is due (``engine/heap.py``). A free slot takes a due poll or a claimed submit, in turn.
 
 Every answer goes through :func:`~grsai_pipeline.domain.lifecycle.decide`; the transitions are
-written in bulk, in the same transaction as the next claim (one database round per few
-answers, never one per task), by :func:`~grsai_pipeline.store.tasks.apply_transitions`.
+kept in ``engine/unwritten.py`` and written in bulk, in the same transaction as the next claim
+(one database round per few answers, never one per task), by
+:func:`~grsai_pipeline.store.tasks.apply_transitions`.
 Database work runs one transaction at a time: on PostgreSQL in a worker thread, so that the
 event loop keeps the wire busy meanwhile; on SQLite in the loop (see ``_inline_db``). Every few
 seconds the engine rescans the database for work other writers made (new batches, retries,
-tasks another runner left, callbacks that finished a task). A finished request's slot is
-refilled from its done callback, without waiting for the loop's next pass.
+tasks another runner left, callbacks that finished a task: ``engine/rescan.py``). A finished
+request's slot is refilled from its done callback, without waiting for the loop's next pass.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import time
 from collections import deque
@@ -29,7 +28,6 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as Database
 
 from grsai_pipeline.domain.lifecycle import (
@@ -47,43 +45,26 @@ from grsai_pipeline.domain.lifecycle import (
 from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import RetryPolicy, TaskStatus
 from grsai_pipeline.engine.alarm import Alarm
+from grsai_pipeline.engine.heap import PollHeap
 from grsai_pipeline.engine.report import EngineReport
+from grsai_pipeline.engine.rescan import Rescan, ScopeReader
 from grsai_pipeline.engine.scope import Scope
+from grsai_pipeline.engine.unwritten import FLUSH_EVERY_S, Unwritten
 from grsai_pipeline.errors import ApiUnavailable, RateLimited, RunStopped
 from grsai_pipeline.grsai.client import GrsaiClient
-from grsai_pipeline.store.cancels import cancelled_among, sweep_cancelled
 from grsai_pipeline.store.columns import utc_now
-from grsai_pipeline.store.db import is_postgres, reading
-from grsai_pipeline.store.intake import awaiting_intake, take_in_batch
-from grsai_pipeline.store.polls import (
-    hold_accepted,
-    hold_for,
-    poll_holds,
-    renew_holds,
-    share_of,
-    take_polls,
-)
+from grsai_pipeline.store.db import is_postgres
+from grsai_pipeline.store.polls import hold_accepted, hold_for, renew_holds
 from grsai_pipeline.store.runners import Heartbeat
-from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.store.tasks import (
     ClaimedTask,
     RemoteTask,
     apply_transitions,
     claim_waiting_tasks,
-    tasks_at_api,
-    unfinished_per_batch,
-    waiting_per_batch,
 )
 
 log = logging.getLogger(__name__)
 
-# Poll answers are written at least this often, or once this many wait.
-FLUSH_EVERY_S: Final = 0.25
-FLUSH_AT: Final = 500
-# When polls were answered (changed or not: ``polled_at``) is written at least this often.
-MARK_POLLED_EVERY_S: Final = 1.0
-# A submit's outcome is written within this (it holds a claim until then).
-RECORD_WITHIN_S: Final = 0.05
 # How often the database is read again for work that other writers made: every two seconds,
 # or less often when reading takes long (thousands of open batches), never over 5% of the time.
 RESCAN_EVERY_S: Final = 2.0
@@ -138,12 +119,11 @@ class Engine:
         self._inline_db = not is_postgres(db)
         # How far ahead a poll's answer (or an accepted submit) holds the task for this engine.
         self._hold = hold_for(settings.poll_interval_s, settings.claim_lease_s)
+        self._reader = ScopeReader(
+            db, scope, heartbeat, settings.claim_lease_s, settings.prices, self._hold
+        )
         self._batches: list[str] = []
-        # Tasks at the API: their state, and a heap of (due, sequence, id); stale entries skipped.
-        self._at_api: dict[str, RemoteTask] = {}
-        self._due: list[tuple[float, int, str]] = []
-        self._due_seq: dict[str, int] = {}
-        self._seq = itertools.count()
+        self._polls = PollHeap()
         # Batches that may have claimable tasks, in turn; claimed tasks not sent yet.
         self._rotation: deque[str] = deque()
         # Batches this engine has claimed from: marked running already.
@@ -151,14 +131,7 @@ class Engine:
         self._to_submit: deque[ClaimedTask] = deque()
         # Claims not yet ended in the database: queued, on the wire, or answered unrecorded.
         self._in_doubt = 0
-        self._unrecorded: list[Transition] = []
-        self._unrecorded_since = 0.0
-        # Tasks whose poll was answered since the last write, and since when.
-        self._polled: list[str] = []
-        self._polled_since = 0.0
-        # Submit outcomes among them (each still holds a claim), and since when.
-        self._outcomes = 0
-        self._outcomes_since = 0.0
+        self._unwritten = Unwritten()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._submits_in_flight = 0
         self._sync: asyncio.Task[None] | None = None
@@ -225,9 +198,9 @@ class Engine:
                         self._synchronise(claim=working, rescan=rescan)
                     )
             if self._sync is None and not self._in_flight:
-                if not open_ and not self._unrecorded:
+                if not open_ and not self._unwritten:
                     break
-                if done and not self._unrecorded:
+                if done and not self._unwritten:
                     break
             await self._sleep(now, working)
         self.report.budget_spent = (
@@ -242,11 +215,9 @@ class Engine:
     def _dispatch(self, now: float) -> None:
         """Fill free slots: due polls and claimed submits, in turn when both wait."""
         while len(self._in_flight) < self._slots:
-            poll = self._next_due(now)
-            if poll is not None and (not self._to_submit or self._turn == 0):
-                heapq.heappop(self._due)
-                self._due_seq.pop(poll, None)
-                self._start(self._poll(self._at_api[poll]))
+            polls_turn = not self._to_submit or self._turn == 0
+            if polls_turn and (task := self._polls.pop_due(now)) is not None:
+                self._start(self._poll(task))
             elif self._to_submit:
                 self._submits_in_flight += 1
                 self._submits_clean = False
@@ -272,20 +243,11 @@ class Engine:
             self._dispatch(now)
         self._alarm.ring()
 
-    def _next_due(self, now: float) -> str | None:
-        while self._due:
-            due, seq, task_id = self._due[0]
-            if self._due_seq.get(task_id) != seq:
-                heapq.heappop(self._due)  # superseded, being polled, or gone
-                continue
-            return task_id if due <= now else None
-        return None
-
     def _idle(self, until: Until) -> bool:
         """Nothing left in memory for this kind of run: only the database can say more."""
-        if self._to_submit or self._unrecorded or (self._rotation and self._claiming):
+        if self._to_submit or self._unwritten or (self._rotation and self._claiming):
             return False
-        return until is Until.SUBMITTED or not self._due_seq
+        return until is Until.SUBMITTED or not self._polls.scheduled()
 
     def _quiet(self, until: Until) -> bool:
         """Nothing on the wire that this kind of run waits for (a submitting run ignores
@@ -311,12 +273,13 @@ class Engine:
 
     async def _sleep(self, now: float, open_: bool) -> None:
         wake_at = now + FLUSH_EVERY_S
-        if self._outcomes:
-            wake_at = min(wake_at, self._outcomes_since + RECORD_WITHIN_S)
+        if (outcomes_due := self._unwritten.outcomes_due_at()) is not None:
+            wake_at = min(wake_at, outcomes_due)
         if open_:
             wake_at = min(wake_at, self._deadline, self._next_rescan)
-            if self._due and len(self._in_flight) < self._slots:
-                wake_at = min(wake_at, self._due[0][0])
+            due = self._polls.next_due_at()
+            if due is not None and len(self._in_flight) < self._slots:
+                wake_at = min(wake_at, due)
         if self._sync is not None and self._sync.done():
             return
         await self._alarm.sleep(wake_at - time.monotonic())
@@ -333,11 +296,11 @@ class Engine:
             )
         except (ApiUnavailable, RateLimited):
             self.report.unanswered += 1  # left as it is, for the next poll
-            self._schedule(task, self.settings.poll_interval_s)
+            self._polls.schedule(task, self.settings.poll_interval_s)
             return
         except RunStopped as exc:
             self._stopped = self._stopped or exc
-            self._schedule(task, 0.0)
+            self._polls.schedule(task, 0.0)
             return
         self._record(task.state, task.batch_job_id, Answered(result), task.is_sora)
 
@@ -385,37 +348,20 @@ class Engine:
         transition = decide(state, event, now=utc_now(), policy=self.settings.policy)
         after = state if transition is None else state.after(transition)
         if transition is not None:
-            if not self._unrecorded:
-                self._unrecorded_since = time.monotonic()
             if transition.ends_claim:
                 self._submits_clean = False
-                if not self._outcomes:
-                    self._outcomes_since = time.monotonic()
-                self._outcomes += 1
-            self._unrecorded.append(transition)
+            self._unwritten.add(transition)
             self.report.count(batch_id, transition)
         if after.status == TaskStatus.PROCESSING.value:
             if isinstance(event, Answered):
                 # Still at the API: when it was last answered orders the next runner's polls.
-                if not self._polled:
-                    self._polled_since = time.monotonic()
-                self._polled.append(state.id)
+                self._unwritten.answered(state.id)
             task = RemoteTask(after, batch_id, is_sora)
-            self._schedule(task, self.settings.poll_interval_s)
+            self._polls.schedule(task, self.settings.poll_interval_s)
         else:
-            self._forget(state.id)
+            self._polls.forget(state.id)
             if after.status == TaskStatus.PENDING.value:
                 self._want(batch_id)
-
-    def _schedule(self, task: RemoteTask, after_s: float) -> None:
-        seq = next(self._seq)
-        self._at_api[task.state.id] = task
-        self._due_seq[task.state.id] = seq
-        heapq.heappush(self._due, (time.monotonic() + after_s, seq, task.state.id))
-
-    def _forget(self, task_id: str) -> None:
-        self._at_api.pop(task_id, None)
-        self._due_seq.pop(task_id, None)
 
     def _want(self, batch_id: str) -> None:
         if self._claiming and batch_id in self._batches and batch_id not in self._rotation:
@@ -437,20 +383,7 @@ class Engine:
         so each one carries several outcomes and claims; submit outcomes wait at most
         ``RECORD_WITHIN_S`` (they hold claims), poll answers ``FLUSH_EVERY_S``."""
         batch = max(1, self._slots // 2)
-        quiet = not self._in_flight or not open_
-        if self._outcomes and (
-            self._outcomes >= batch or now - self._outcomes_since >= RECORD_WITHIN_S or quiet
-        ):
-            return True
-        if self._unrecorded and (
-            len(self._unrecorded) >= FLUSH_AT
-            or now - self._unrecorded_since >= FLUSH_EVERY_S
-            or quiet
-        ):
-            return True
-        if self._polled and (
-            len(self._polled) >= FLUSH_AT or now - self._polled_since >= MARK_POLLED_EVERY_S
-        ):
+        if self._unwritten.due(now, batch, quiet=not self._in_flight or not open_):
             return True
         free = self._free_to_claim() if open_ else 0
         return free >= batch or (free > 0 and not self._to_submit and len(self._in_flight) < batch)
@@ -479,12 +412,10 @@ class Engine:
     async def _synchronise(self, *, claim: bool, rescan: bool) -> None:
         """One transaction: write what was decided, claim what free slots can take; and,
         every few seconds or when the engine runs dry, read the scope again."""
-        transitions, self._unrecorded = self._unrecorded, []
-        polled, self._polled = self._polled, []
-        self._outcomes = 0
+        transitions, polled = self._unwritten.take()
         quotas = self._quotas() if claim else []
         self._in_doubt += sum(n for _, n in quotas)  # held until we know how many we got
-        before_rescan = set(self._at_api) if rescan else set()
+        before_rescan = self._polls.ids() if rescan else set()
         try:
             known = before_rescan if rescan else None
             if self._inline_db:
@@ -543,81 +474,12 @@ class Engine:
                     self._started.update(task.batch_job_id for task in claimed)
         if known is None:
             return claimed, None
-        seen = self._read_scope(known)
-        if self.settles:
-            self._settle_finished(seen)
-        return claimed, seen
-
-    def _settle_finished(self, seen: Rescan) -> None:
-        """Settle every batch in scope whose tasks are all final (callbacks may have finished
-        them without any poll of ours)."""
-        for batch_id in seen.batches:
-            if seen.unfinished.get(batch_id):
-                continue
-            settlement = settle_batch(self.db, batch_id)
-            if settlement.settled and settlement.entries_written:
-                self.report.settled.append(settlement)
-
-    def _read_scope(self, known: set[str]) -> Rescan:
         started = time.monotonic()
-        try:
-            return self._read_scope_now(known)
-        finally:
-            self._rescan_took = time.monotonic() - started
-
-    def _read_scope_now(self, known: set[str]) -> Rescan:
-        with reading(self.db) as conn:
-            handed_over = self.scope.handed_over(conn, self.heartbeat)
-            batches = [] if handed_over else self.scope.batch_ids(conn)
-            unpriced = awaiting_intake(conn, set(batches)) if batches else []
-            waiting = self._waiting(conn, batches)
-        if unpriced:
-            for batch_id in unpriced:
-                # Written as rows by a web app: priced and paid for before any of it is sent.
-                take_in_batch(self.db, batch_id, self.settings.prices)
-            with reading(self.db) as conn:
-                waiting = self._waiting(conn, batches)
-        cancelled = self._sweep_cancelled([b for b, (_, n) in waiting.items() if n])
-        claimable = {b: paid for b, (paid, _) in waiting.items() if b not in cancelled}
-        with reading(self.db) as conn:
-            unfinished = unfinished_per_batch(conn, batches) if batches else {}
-        ids = self._hold_polls(batches) if batches else set()
-        unknown = ids - known
-        with reading(self.db) as conn:
-            new = tasks_at_api(conn, unknown) if unknown else []
-        return Rescan(batches, claimable, unfinished, ids, new, handed_over)
-
-    def _hold_polls(self, batches: list[str]) -> set[str]:
-        """The tasks at the API this engine polls from now on: those it holds, and its share
-        of those nobody live holds (store/polls.py)."""
-        runner_id, lease_s, now = self.heartbeat.runner_id, self.settings.claim_lease_s, utc_now()
-        with reading(self.db) as conn:
-            holds = poll_holds(conn, runner_id, batches, lease_s, now)
-            engines = self.scope.engines(conn, lease_s) if holds.free else 1
-        if not holds.free:
-            return holds.mine
-        wanted = holds.free[: share_of(len(holds.free), engines)]
-        with self.db.begin() as conn:
-            taken = take_polls(
-                conn, runner_id, wanted, until=now + self._hold, lease_s=lease_s, now=now
-            )
-        return holds.mine | taken
-
-    def _waiting(self, conn: Connection, batches: list[str]) -> dict[str, tuple[int, int]]:
-        if not batches:
-            return {}
-        return waiting_per_batch(conn, batches, self.settings.claim_lease_s, utc_now())
-
-    def _sweep_cancelled(self, batch_ids: list[str]) -> set[str]:
-        """Of the batches with waiting tasks, those cancelled: their waiting tasks fail and
-        are refunded now, never claimed."""
-        if not batch_ids:
-            return set()
-        with reading(self.db) as conn:
-            cancelled = cancelled_among(conn, batch_ids)
-        if cancelled:
-            sweep_cancelled(self.db, sorted(cancelled), lease_s=self.settings.claim_lease_s)
-        return cancelled
+        seen = self._reader.read(known)
+        self._rescan_took = time.monotonic() - started
+        if self.settles:
+            self.report.settled += self._reader.settle_finished(seen)
+        return claimed, seen
 
     def _apply_rescan(self, seen: Rescan, known_before: set[str]) -> None:
         if seen.handed_over:
@@ -634,33 +496,23 @@ class Engine:
             if seen.waiting.get(batch_id):
                 self._want(batch_id)
         for task_id in known_before - seen.ids_at_api:
-            self._forget(task_id)  # moved on elsewhere: a callback, another runner
+            self._polls.forget(task_id)  # moved on elsewhere: a callback, another runner
         now = time.monotonic()
         interval = self.settings.poll_interval_s
-        decided_since = {t.task_id for t in self._unrecorded}
+        decided_since = self._unwritten.decided()
         wall_now = utc_now()
         for task in seen.new_at_api:
-            if task.state.id in self._at_api or task.state.id in decided_since:
+            if task.state.id in self._polls or task.state.id in decided_since:
                 continue  # known, or answered while the database was being read
             # Due one interval after its last answer (any runner's) or its submit: overdue
             # tasks sort by how long they have waited, the longest-waiting polled first.
             last = max((d for d in (task.state.submitted_at, task.polled_at) if d), default=None)
             waited = (wall_now - last).total_seconds() if last else interval
-            self._schedule(task, interval - waited)
+            self._polls.schedule(task, interval - waited)
         self.report.unfinished = sum(seen.unfinished.values())
         self.report.waiting_claimable = sum(seen.waiting.values()) if self._claiming else 0
-        self._rescanned_clean = not self._unrecorded and not self._in_flight
+        self._rescanned_clean = not self._unwritten and not self._in_flight
         self._submits_clean = (
-            not self._outcomes and not self._submits_in_flight and not self._to_submit
+            not self._unwritten.outcomes and not self._submits_in_flight and not self._to_submit
         )
         self._next_rescan = now + max(RESCAN_EVERY_S, self._rescan_took / RESCAN_SHARE)
-
-
-@dataclass(frozen=True)
-class Rescan:
-    batches: Sequence[str]
-    waiting: dict[str, int]
-    unfinished: dict[str, int]
-    ids_at_api: set[str]
-    new_at_api: list[RemoteTask]
-    handed_over: bool = False
