@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,6 +14,12 @@ from grsai_pipeline_tests.helpers import new_batch
 from grsai_pipeline_tests.test_defs.dagster_helpers import schedule_tick, sensor_tick, start_run
 
 TASK = {"prompt": "a", "model": "sora-2"}
+
+
+def cursor_mark(cursor: str | None) -> str:
+    """The sensor cursor's high-water mark of ``created_at``."""
+    assert cursor is not None
+    return str(json.loads(cursor)["high_water"])
 
 
 @pytest.fixture
@@ -48,7 +55,10 @@ def test_a_batch_created_with_an_older_timestamp_is_not_missed(app_env, engine, 
     with engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE batch_jobs SET created_at = :t WHERE id = :b"),
-            {"t": datetime.fromisoformat(tick.cursor) - timedelta(minutes=1), "b": late},
+            {
+                "t": datetime.fromisoformat(cursor_mark(tick.cursor)) - timedelta(minutes=1),
+                "b": late,
+            },
         )
     again = sensor_tick(instance, tick.cursor)
     assert [r.partition_key for r in again.run_requests] == [late]
@@ -89,6 +99,23 @@ def test_a_batch_another_engine_settled_still_gets_its_one_run(app_env, engine, 
     assert (request.tags["batch_id"], request.tags["user_id"]) == (batch_id, "alice")
     assert request.tags["grsai/trigger"] == "sensor"
     assert batch_id in instance.get_dynamic_partitions("batches")
+
+
+def test_a_batch_a_re_polling_run_reported_before_the_tick_still_gets_its_one_run(
+    app_env, engine, instance
+) -> None:
+    # The re-polling run sent, settled and reported it (adding its partition) within seconds.
+    before = new_batch(engine, [TASK])
+    tick = sensor_tick(instance, None)
+    reported = new_batch(engine, [TASK])
+    instance.add_dynamic_partitions("batches", [reported])
+
+    later = sensor_tick(instance, tick.cursor)
+
+    assert [r.partition_key for r in later.run_requests] == [reported]
+    assert later.run_requests[0].tags["grsai/trigger"] == "sensor"
+    assert not sensor_tick(instance, later.cursor).run_requests
+    assert set(instance.get_dynamic_partitions("batches")) == {before, reported}
 
 
 def test_the_sensor_skips_with_the_reason_when_no_api_key_is_set(
