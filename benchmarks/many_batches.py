@@ -4,6 +4,7 @@
     python benchmarks/many_batches.py --batches 100 --minutes 2
     python benchmarks/many_batches.py --as-users         # 100 x 5 tasks of 180 s, SQLite
     python benchmarks/many_batches.py --as-users --batches 300 --tasks 10 --postgres
+    python benchmarks/many_batches.py --as-users --fairness [--warm]  # 3 tasks behind 1,500
 
 The window mode (the default): the batches are made and submitted first (the API stand-in keeps
 every task running for an hour), their partitions exist (the sensor has seen them), and then
@@ -36,6 +37,19 @@ from the stand-in's log of submits and polls and from the application database:
   4 minutes);
 - the runs Dagster launched, by job and by status, with the errors of failed runs; the CPU the
   machine spent from `dagster dev`'s start to the last settlement, the stand-in's share apart.
+
+The fairness case (`--as-users --fairness`), from the issue: a 3-task batch created 1 s after
+a 1,500-task batch of another user got its first submit after 14.7 s; acceptance under `dagster
+dev`: the small batch's first submit within 10 s of its creation, and it settles before the
+large one. Same set-up as `--as-users` (its settings, SQLite or `--postgres`), tasks of 5-10 s
+upstream (`--generation-s` sets one length). Once the sensor has ticked, `batch create` makes
+the large batch (`--large`, user-a), and 1 s after that command returned the small one
+(`--small`, user-b). Cold (the default): nothing runs before the large batch. `--warm`: a
+1-task batch is made and settled first, so the re-polling run (which stays up two minutes after
+the last open batch settles) is already up. It waits until both settle, then prints each batch's
+first submit after its `created_at` (when the stand-in made its first remote task, and the
+earliest `video_tasks.submitted_at`, which a resubmission overwrites), its `settled_at` after
+`created_at`, whether the small one settled first, the runs launched and the CPU spent.
 
 The application database and the instance are SQLite by default (the instance's dagster.yaml
 is the one `make dev` writes). With `--postgres [URL]` (a server; default the local one, user
@@ -268,8 +282,9 @@ def add_as_users_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="dagster dev, batches made with the CLI, the sensor and schedule on",
     )
-    group.add_argument("--generation-s", type=float, default=180.0,
-                       help="how long each task runs upstream")  # fmt: skip
+    group.add_argument(
+        "--generation-s", type=float, help="how long each task runs upstream: 180; --fairness 5-10"
+    )
     group.add_argument("--latency-ms", type=float, default=100.0, help="API latency")
     group.add_argument("--poll-interval", type=float, default=2.0, help="GRSAI_POLL_INTERVAL_S")
     group.add_argument("--poll-budget", type=float, default=5.0, help="GRSAI_POLL_BUDGET_S")
@@ -279,11 +294,19 @@ def add_as_users_arguments(parser: argparse.ArgumentParser) -> None:
                        help="`batch create` processes at once, at most")  # fmt: skip
     group.add_argument("--users", type=int, default=50, help="users the batches belong to")
     group.add_argument(
-        "--timeout", type=float, help="seconds to wait for settlement; generation + 600"
+        "--timeout", type=float, help="seconds to wait for settlement; (longest) generation + 600"
     )
     group.add_argument("--postgres", nargs="?", const=LOCAL_POSTGRES, metavar="URL",
                        help="fresh PostgreSQL databases on this server for the application and"
                             f" the instance (default {LOCAL_POSTGRES})")  # fmt: skip
+    group.add_argument(
+        "--fairness", action="store_true", help="a small batch 1 s after another user's large one"
+    )
+    group.add_argument("--large", type=int, default=1500, help="--fairness: the large batch")
+    group.add_argument("--small", type=int, default=3, help="--fairness: the small batch")
+    group.add_argument(
+        "--warm", action="store_true", help="--fairness: a warm-up batch settled first"
+    )
 
 
 @dataclass
@@ -675,6 +698,249 @@ def measure_as_users(args: argparse.Namespace, env: dict[str, str], stand_in: St
           f"which the API stand-in {stand_in_cpu:.1f} s")  # fmt: skip
 
 
+# --- fairness (--as-users --fairness): a small batch right behind a large one ---------------
+
+FAIRNESS_GENERATION_S = (5.0, 10.0)
+WARM_USER, LARGE_USER, SMALL_USER = "user-warm", "user-a", "user-b"
+SMALL_AFTER_S = 1.0  # the small batch's `batch create` starts this long after the large one's
+ACCEPT_FIRST_SUBMIT_S = 10.0  # the issue: the small batch's first submit within 10 s
+REPOLL_JOB = "repoll_open_batches"
+SENSOR_TICKED = "Sensor new_batches_sensor skipped"  # its first tick, with no batch yet
+LIVE_RUNS_PROBE = """\
+import collections, json
+import dagster as dg
+i = dg.DagsterInstance.get()
+statuses = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+            dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+live = i.get_run_records(dg.RunsFilter(statuses=statuses))
+print(json.dumps(collections.Counter(r.dagster_run.job_name for r in live)))
+"""
+
+
+def fairness_generation(args: argparse.Namespace) -> tuple[float, float]:
+    """How long tasks run upstream: 5-10 s, or ``--generation-s`` for every task."""
+    if args.generation_s is None:
+        return FAIRNESS_GENERATION_S
+    return (args.generation_s, args.generation_s)
+
+
+def fairness_batch_file(work: Path, name: str, size: int) -> Path:
+    """A batch file of ``size`` Sora tasks, their prompts naming the batch."""
+    tasks = [{"prompt": f"{name} batch task {i}", "model": "sora-2"} for i in range(size)]
+    path = work / "batches" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(tasks))
+    return path
+
+
+def create_one(env: dict[str, str], path: Path, user: str) -> Created:
+    """One `grsai-pipeline batch create`, now."""
+    began = time.time()
+    batch_id = cli(env, "batch", "create", str(path), "--user", user).strip()
+    return Created(batch_id, began, time.time(), 0.0)
+
+
+def wait_for_sensor_tick(dev: subprocess.Popen[bytes], log: Path, timeout_s: float) -> bool:
+    """Until the daemon has evaluated `new_batches_sensor` once (True), or ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if dev.poll() is not None:
+            raise SystemExit(f"dagster dev exited ({dev.returncode}); see {log}")
+        if SENSOR_TICKED in log.read_text(errors="replace"):
+            return True
+        time.sleep(1)
+    return False
+
+
+def live_runs(env: dict[str, str]) -> dict[str, int]:
+    """Runs queued, starting or started in the instance, by job."""
+    found = instance_probe(LIVE_RUNS_PROBE, env)
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def warm_up(args: argparse.Namespace, env: dict[str, str], db: sa.Engine, work: Path,
+            dev: subprocess.Popen[bytes]) -> None:  # fmt: skip
+    """A 1-task batch made and settled, so the re-polling run is up (it lingers 2 minutes)."""
+    made = create_one(env, fairness_batch_file(work, "warm-up", 1), WARM_USER)
+    timeout = args.timeout if args.timeout is not None else fairness_generation(args)[1] + 600
+    if not wait_until_settled(db, [made.batch_id], timeout, dev):
+        raise SystemExit(f"the warm-up batch did not settle within {timeout:.0f} s")
+    settled_after = time.time() - made.began
+    live = live_runs(env)
+    up = "up" if live.get(REPOLL_JOB) else "NOT up (this run is not warm)"
+    print(f"warm-up: a 1-task batch settled {settled_after:.0f} s after `batch create`; runs "
+          f"in progress: {live or 'none'}; the re-polling run is {up}", flush=True)  # fmt: skip
+
+
+@dataclass
+class BatchSeen:
+    """One batch as the application database and the stand-in saw it (wall-clock seconds)."""
+
+    created: float  # batch_jobs.created_at
+    settled: float | None  # batch_jobs.settled_at
+    first_submitted_at: float | None  # the earliest video_tasks.submitted_at (the latest submits)
+    first_made: float | None  # the earliest remote task of the batch the stand-in made
+    last_ended: float | None  # the latest end upstream of its tasks' current remote tasks
+    tasks: int
+    unsent: int  # tasks never given a remote id
+
+
+def read_batch(db: sa.Engine, batch_id: str, remote: dict[str, tuple[float, float]]
+               ) -> BatchSeen:  # fmt: skip
+    from grsai_pipeline.store.schema import batch_jobs, video_tasks
+
+    with db.connect() as conn:
+        batch = conn.execute(
+            sa.select(batch_jobs.c.created_at, batch_jobs.c.settled_at)
+            .where(batch_jobs.c.id == batch_id)
+        ).one()  # fmt: skip
+        tasks = conn.execute(
+            sa.select(video_tasks.c.grsai_task_id, video_tasks.c.submitted_at)
+            .where(video_tasks.c.batch_job_id == batch_id)
+        ).all()  # fmt: skip
+    submitted = [row.submitted_at.timestamp() for row in tasks if row.submitted_at]
+    upstream = [remote[row.grsai_task_id] for row in tasks if row.grsai_task_id in remote]
+    return BatchSeen(
+        created=batch.created_at.timestamp(),
+        settled=batch.settled_at.timestamp() if batch.settled_at else None,
+        first_submitted_at=min(submitted, default=None),
+        first_made=min((made for made, _ in upstream), default=None),
+        last_ended=max((ended for _, ended in upstream), default=None),
+        tasks=len(tasks),
+        unsent=sum(1 for row in tasks if not row.grsai_task_id),
+    )
+
+
+def after(moment: float | None, origin: float) -> str:
+    return "never" if moment is None else f"{moment - origin:.1f} s"
+
+
+def first_submit(seen: BatchSeen) -> float | None:
+    """The first submit: the stand-in's record, else the database's."""
+    return seen.first_made if seen.first_made is not None else seen.first_submitted_at
+
+
+def print_fairness_header(args: argparse.Namespace, dbs: Databases) -> None:
+    low, high = fairness_generation(args)
+    generation = f"{low:g}" if low == high else f"{low:g}-{high:g}"
+    variant = ("warm: a 1-task warm-up batch settled first, the re-polling run up"
+               if args.warm else "cold: fresh `dagster dev`, nothing running")  # fmt: skip
+    print(f"fairness, {variant}", flush=True)
+    print(f"large batch {args.large:,} tasks ({LARGE_USER}), small batch {args.small} tasks "
+          f"({SMALL_USER}) created {SMALL_AFTER_S:g} s after the large one's `batch create` "
+          f"returned; tasks {generation} s upstream, API latency {args.latency_ms:g} ms; "
+          f"GRSAI_POLL_INTERVAL_S={args.poll_interval:g} GRSAI_POLL_BUDGET_S={args.poll_budget:g}"
+          f" GRSAI_MAX_CONCURRENCY={args.concurrency}; {dbs.describe()}; "
+          f"{os.cpu_count()} cores", flush=True)  # fmt: skip
+
+
+def print_batch(name: str, seen: BatchSeen) -> None:
+    print(f"{name} batch ({seen.tasks:,} tasks, {seen.unsent} never sent): first submit "
+          f"{after(seen.first_made, seen.created)} after its creation (stand-in; earliest "
+          f"video_tasks.submitted_at {after(seen.first_submitted_at, seen.created)}); last task "
+          f"ended upstream {after(seen.last_ended, seen.created)}; settled "
+          f"{after(seen.settled, seen.created)} after its creation")  # fmt: skip
+
+
+def settled_first(large: BatchSeen, small: BatchSeen) -> str:
+    """Whether the small batch settled first, and when each settled after the large one was
+    created."""
+    if small.settled is None or large.settled is None:
+        return "no (not both settled)"
+    answer = "yes" if small.settled < large.settled else "no"
+    return (f"{answer} (small at {small.settled - large.created:.1f} s, large at "
+            f"{large.settled - large.created:.1f} s after the large batch's creation)")  # fmt: skip
+
+
+def print_fairness(large: BatchSeen, small: BatchSeen, resubmits: int) -> None:
+    print(f"small batch created {small.created - large.created:.1f} s after the large one "
+          f"(batch_jobs.created_at)")  # fmt: skip
+    print_batch("small", small)
+    print_batch("large", large)
+    before = settled_first(large, small)
+    print(f"small settled before large: {before}")
+    print(f"remote tasks no row names (resubmits): {resubmits}")
+    first = first_submit(small)
+    met = (first is not None and first - small.created <= ACCEPT_FIRST_SUBMIT_S
+           and before.startswith("yes"))  # fmt: skip
+    print(f"acceptance (small's first submit <= {ACCEPT_FIRST_SUBMIT_S:g} s, settled before the "
+          f"large one): {'met' if met else 'NOT met'}")  # fmt: skip
+
+
+def run_fairness(args: argparse.Namespace) -> None:
+    """The fairness case of the as-users mode; see the module's docstring."""
+    work = Path(tempfile.mkdtemp(prefix="grsai-fairness-"))
+    dbs = choose_databases(args, work)
+    stand_in = StandIn(args.latency_ms / 1000, fairness_generation(args))
+    try:
+        env = as_users_env(args, stand_in.base_url, work, dbs)
+        print_fairness_header(args, dbs)
+        measure_fairness(args, env, stand_in, dbs, work)
+    finally:
+        stand_in.stop()
+    if dbs.made:
+        print(f"fresh databases kept: {', '.join(dbs.made)}")
+    print(f"work directory: {work}")
+
+
+def measure_fairness(args: argparse.Namespace, env: dict[str, str], stand_in: StandIn,
+                     dbs: Databases, work: Path) -> None:  # fmt: skip
+    cli(env, "db", "init")
+    for user, size in ((WARM_USER, 1), (LARGE_USER, args.large), (SMALL_USER, args.small)):
+        cli(env, "credits", "grant", user, str(20 * size))  # Sora, 10 s: 10 a task; twice that
+    large_file = fairness_batch_file(work, "large", args.large)
+    small_file = fairness_batch_file(work, "small", args.small)
+    log = work / "dagster-dev.log"
+    db = sa.create_engine(dbs.app_url, poolclass=NullPool)
+    busy_at_start, stand_in_at_start = machine_busy_s(), _cpu_of(stand_in.pid)
+    launched = time.time()
+    dev, port = start_dagster_dev(env, log)
+    try:
+        wait_for_webserver(dev, port, log)
+        ticked = wait_for_sensor_tick(dev, log, 180)
+        sensor = "the sensor has ticked" if ticked else "the sensor NOT seen to tick"
+        print(f"dagster dev answers, {sensor}, {time.time() - launched:.0f} s after its start",
+              flush=True)  # fmt: skip
+        if args.warm:
+            warm_up(args, env, db, work, dev)
+        busy_at_large = machine_busy_s()
+        large = create_one(env, large_file, LARGE_USER)
+        time.sleep(SMALL_AFTER_S)
+        small = create_one(env, small_file, SMALL_USER)
+        print(f"`batch create` of the large batch took {large.ended - large.began:.1f} s, of the"
+              f" small one {small.ended - small.began:.1f} s", flush=True)  # fmt: skip
+        timeout = args.timeout if args.timeout is not None else fairness_generation(args)[1] + 600
+        both = wait_until_settled(db, [large.batch_id, small.batch_id], timeout, dev)
+        ended = time.time()
+        busy_end, stand_in_cpu = machine_busy_s(), _cpu_of(stand_in.pid) - stand_in_at_start
+        remote = stand_in.remote_tasks()
+        runs = run_summary(env)
+    finally:
+        stop_dagster_dev(dev)
+    state = "both batches settled" if both else f"TIMED OUT after {timeout:.0f} s"
+    print(f"{state}, {ended - large.began:.0f} s after the large batch's `batch create` began")
+    seen_large = read_batch(db, large.batch_id, remote)
+    seen_small = read_batch(db, small.batch_id, remote)
+    named = set(named_remote_ids(db))
+    print_fairness(seen_large, seen_small, len(set(remote) - named))
+    print_runs(runs, log)
+    cores = os.cpu_count() or 1
+    print(f"CPU busy from `dagster dev`'s start to the last settlement ({cores} cores x "
+          f"{ended - launched:.0f} s = {cores * (ended - launched):.0f} s): "
+          f"{busy_end - busy_at_start:.0f} s; from the large batch's creation: "
+          f"{busy_end - busy_at_large:.0f} s of {cores * (ended - large.began):.0f} s; "
+          f"the API stand-in {stand_in_cpu:.1f} s")  # fmt: skip
+
+
+def named_remote_ids(db: sa.Engine) -> list[str]:
+    """Every remote task id a row of video_tasks names now."""
+    from grsai_pipeline.store.schema import video_tasks
+
+    query = sa.select(video_tasks.c.grsai_task_id).where(video_tasks.c.grsai_task_id.is_not(None))
+    with db.connect() as conn:
+        return [str(remote) for remote in conn.scalars(query)]
+
+
 def count_runs(home: Path, env: dict[str, str] | None = None) -> dict[str, int]:
     """Runs in the instance of ``home``, by job name (``env``: DAGSTER_PG_URL and such)."""
     probe = (
@@ -708,11 +974,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, help="GRSAI_MAX_CONCURRENCY: 32; as users 8")
     add_as_users_arguments(parser)
     args = parser.parse_args()
+    if args.warm and not args.fairness:
+        parser.error("--warm goes with --fairness")
+    args.as_users = args.as_users or args.fairness
     defaults = AS_USERS_DEFAULTS if args.as_users else WINDOW_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.as_users:
+    if args.generation_s is None and not args.fairness:
+        args.generation_s = 180.0
+    if args.fairness:
+        run_fairness(args)
+    elif args.as_users:
         run_as_users(args)
     else:
         run_window(args)
