@@ -223,7 +223,9 @@ def test_a_killed_re_polling_run_holds_neither_the_schedule_nor_its_tasks(
     """kill -9 of a re-polling run's process: Dagster still sees the run as started, yet once
     its engine's heartbeat is stale (and its start-up grace over) the schedule asks for the next
     run, which polls the tasks again within 90 s of the kill. With the default lease (30 s) and a
-    tick a minute, a dead run is replaced within lease + a minute + a run's start-up."""
+    tick a minute, a dead run is replaced within half a lease (the schedule's view of a live
+    run) + a minute + a run's start-up; any other live engine takes its tasks sooner, once their
+    poll holds end (store/polls.py)."""
     import httpx
 
     from grsai_pipeline.defs.runs import START_GRACE_S
