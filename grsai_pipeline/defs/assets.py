@@ -15,22 +15,17 @@ from typing import Any
 
 import dagster as dg
 
-from grsai_pipeline.defs.archiving import archive_check, archive_metadata
-from grsai_pipeline.defs.checks import (
-    LEDGER_CHECK,
-    TASKS_CHECK,
-    VIDEO_CHECK,
-    ledger_check,
-    tasks_check,
-    video_check,
-)
-from grsai_pipeline.defs.metadata import (
-    PREVIEW_ROWS,
-    batch_metadata,
-    engine_metadata,
-    video_links,
-)
+from grsai_pipeline.defs.checks import LEDGER_CHECK, TASKS_CHECK, VIDEO_CHECK
+from grsai_pipeline.defs.metadata import PREVIEW_ROWS, batch_metadata, engine_metadata
 from grsai_pipeline.defs.partitions import batches
+from grsai_pipeline.defs.reports import (
+    ARCHIVE_CHECK_NAME,
+    ARCHIVED_KEY,
+    archived_report,
+    polled_report,
+    settled_report,
+    snapshot,
+)
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import NO_RETRY_TAGS, TRIGGER_TAG, missing_batch_tags
 from grsai_pipeline.engine.loop import Until
@@ -38,10 +33,10 @@ from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.errors import RunStopped, SettingsError, UnknownBatch
 from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
-from grsai_pipeline.store.batches import BatchView, get_batch, read_batch
+from grsai_pipeline.store.batches import get_batch
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.intake import take_in_batch
-from grsai_pipeline.store.outcomes import BatchOutcomes, batch_outcomes
+from grsai_pipeline.store.outcomes import batch_outcomes
 from grsai_pipeline.store.retries import RetryStart, retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.videos.archiver import archive_videos
@@ -83,7 +78,7 @@ SETTLED = dg.AssetSpec(
     "reservation. While tasks are unfinished it writes nothing and says it is waiting.",
 )
 ARCHIVED = dg.AssetSpec(
-    "archived_videos",
+    ARCHIVED_KEY,
     deps=[POLLED],
     group_name=GROUP,
     kinds={"s3"},
@@ -91,7 +86,7 @@ ARCHIVED = dg.AssetSpec(
     "(a local folder by default; s3://bucket/prefix in production), streamed and whole.",
 )
 ARCHIVE_CHECK = dg.AssetCheckSpec(
-    "videos_archived_in_time",
+    ARCHIVE_CHECK_NAME,
     asset=ARCHIVED.key,
     description="Fails when a succeeded video's URL expired before it was archived: the user "
     "paid for a video we no longer have (each lost task is named).",
@@ -124,14 +119,9 @@ def _open_batch(context: dg.AssetExecutionContext, app_db: AppDatabase) -> str:
     return batch_id
 
 
-def _view(app_db: AppDatabase, batch_id: str) -> tuple[BatchView, BatchOutcomes]:
-    with reading(app_db.engine()) as conn:
-        view = read_batch(conn, batch_id, task_limit=PREVIEW_ROWS)
-        return view, batch_outcomes(conn, [batch_id])[batch_id]
-
-
 def _view_metadata(app_db: AppDatabase, batch_id: str) -> dict[str, Any]:
-    return batch_metadata(*_view(app_db, batch_id))
+    snap = snapshot(app_db.engine(), batch_id, PREVIEW_ROWS)
+    return batch_metadata(snap.view, snap.outcomes)
 
 
 @dg.multi_asset(
@@ -192,43 +182,17 @@ def batch_lifecycle(
         context.instance.add_run_tags(context.run.run_id, NO_RETRY_TAGS)
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     missing = succeeded_without_video(db, batch_id)
-    yield dg.MaterializeResult(
-        asset_key=POLLED.key,
-        metadata={
-            **_view_metadata(app_db, batch_id),
-            **engine_metadata(followed),
-            "poll_budget_spent": followed.budget_spent,
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=VIDEO_CHECK.name, asset_key=POLLED.key, **video_check(missing)
-            )
-        ],
-    )
+    followed_metadata = {**engine_metadata(followed), "poll_budget_spent": followed.budget_spent}
+    snap = snapshot(db, batch_id, PREVIEW_ROWS)
+    yield polled_report(snap, followed_metadata, missing).result()
 
     settlement = settle_batch(db, batch_id)
     if settlement.unfinished:
         context.log.info(f"waiting: {settlement.unfinished} task(s) not final yet")
+    said = "settled" if settlement.settled else f"waiting on {settlement.unfinished} task(s)"
+    written = {"ledger_entries_written": settlement.entries_written}
     problems = ledger_problems(db, batch_id)
-    view, outcomes = _view(app_db, batch_id)
-    yield dg.MaterializeResult(
-        asset_key=SETTLED.key,
-        metadata={
-            **batch_metadata(view, outcomes),
-            "settlement": "settled"
-            if settlement.settled
-            else f"waiting on {settlement.unfinished} task(s)",
-            "ledger_entries_written": settlement.entries_written,
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=LEDGER_CHECK.name, asset_key=SETTLED.key, **ledger_check(problems)
-            ),
-            dg.AssetCheckResult(
-                check_name=TASKS_CHECK.name, asset_key=SETTLED.key, **tasks_check(view, outcomes)
-            ),
-        ],
-    )
+    yield settled_report(snapshot(db, batch_id, PREVIEW_ROWS), written, said, problems).result()
 
     # After the money: a slow download never holds up a settlement.
     archived = archive_videos(
@@ -237,15 +201,7 @@ def batch_lifecycle(
     state = archive_state(db, [batch_id])[batch_id]
     with reading(db) as conn:
         copies = batch_outcomes(conn, [batch_id])[batch_id]
-    yield dg.MaterializeResult(
-        asset_key=ARCHIVED.key,
-        metadata={**archive_metadata(state, archived), **video_links(copies)},
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=ARCHIVE_CHECK.name, asset_key=ARCHIVED.key, **archive_check(state)
-            )
-        ],
-    )
+    yield archived_report(batch_id, state, copies, {}, archived).result()
 
 
 BATCH_ASSETS = [batch_lifecycle]

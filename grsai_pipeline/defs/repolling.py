@@ -34,18 +34,15 @@ from typing import Any
 
 import dagster as dg
 
-from grsai_pipeline.defs.archiving import archive_check, archive_metadata
-from grsai_pipeline.defs.assets import ARCHIVE_CHECK, ARCHIVED, POLLED, SETTLED
-from grsai_pipeline.defs.checks import (
-    LEDGER_CHECK,
-    TASKS_CHECK,
-    VIDEO_CHECK,
-    ledger_check,
-    tasks_check,
-    video_check,
-)
-from grsai_pipeline.defs.metadata import batch_metadata, video_links
+from grsai_pipeline.defs.assets import SETTLED
 from grsai_pipeline.defs.partitions import BATCHES
+from grsai_pipeline.defs.reports import (
+    BatchSnapshot,
+    archived_report,
+    polled_report,
+    settled_report,
+    snapshots,
+)
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import REPOLL_JOB
 from grsai_pipeline.engine.loop import Until
@@ -54,10 +51,10 @@ from grsai_pipeline.engine.work import open_batches_worker
 from grsai_pipeline.errors import RunStopped, SettingsError
 from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video_in
-from grsai_pipeline.store.batches import BatchView, read_batches, settled_since
+from grsai_pipeline.store.batches import settled_since
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.outcomes import BatchOutcomes, batch_outcomes
+from grsai_pipeline.store.outcomes import batch_outcomes
 from grsai_pipeline.videos.archiver import ArchiveReport, archive_videos
 
 # How long one re-polling run works at most. Runs hand over without a gap: once a run is
@@ -208,48 +205,23 @@ def _batch_events(
     if not touched:
         return
     _ensure_partitions(context.instance, touched)
-    with reading(app_db.engine()) as conn:
-        views = read_batches(conn, touched)
-        outcomes = batch_outcomes(conn, touched)
+    snaps = snapshots(app_db.engine(), touched)
     missing = succeeded_without_video_in(app_db.engine(), sorted(ended))
+    extra = {"repoll_run": context.run_id}
     for batch_id in touched:
         reported.add(batch_id)
-        view, outcome = views[batch_id], outcomes[batch_id]
-        metadata = {**batch_metadata(view, outcome), "repoll_run": context.run_id}
-        yield dg.AssetMaterialization(asset_key=POLLED.key, partition=batch_id, metadata=metadata)
-        if batch_id not in ended:
-            continue  # only progress: the checks' answers cannot have changed
-        yield dg.AssetCheckEvaluation(
-            asset_key=POLLED.key,
-            check_name=VIDEO_CHECK.name,
-            partition=batch_id,
-            **video_check(missing[batch_id]),
-        )
+        # The checks' answers cannot have changed where tasks only progressed.
+        yield from polled_report(snaps[batch_id], extra, missing.get(batch_id)).events()
         if batch_id in settled:
-            yield from _settled_events(app_db, view, outcome, metadata)
+            yield from _settled_events(app_db, snaps[batch_id], extra)
 
 
 def _settled_events(
-    app_db: AppDatabase, view: BatchView, outcome: BatchOutcomes, metadata: dict[str, Any]
+    app_db: AppDatabase, snap: BatchSnapshot, extra: dict[str, Any]
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """A settled batch's ``settled_ledger`` materialization and its checks' results."""
-    yield dg.AssetMaterialization(
-        asset_key=SETTLED.key,
-        partition=view.batch_id,
-        metadata={**metadata, "settlement": "settled"},
-    )
-    yield dg.AssetCheckEvaluation(
-        asset_key=SETTLED.key,
-        check_name=LEDGER_CHECK.name,
-        partition=view.batch_id,
-        **ledger_check(ledger_problems(app_db.engine(), view.batch_id)),
-    )
-    yield dg.AssetCheckEvaluation(
-        asset_key=SETTLED.key,
-        check_name=TASKS_CHECK.name,
-        partition=view.batch_id,
-        **tasks_check(view, outcome),
-    )
+    problems = ledger_problems(app_db.engine(), snap.view.batch_id)
+    yield from settled_report(snap, extra, "settled", problems).events()
 
 
 def _unreported_settlements(
@@ -267,15 +239,9 @@ def _unreported_settlements(
         return
     context.log.info(f"{len(missing)} settled batch(es) had no settled_ledger event: reported")
     _ensure_partitions(context.instance, missing)
-    with reading(app_db.engine()) as conn:
-        views = read_batches(conn, missing)
-        outcomes = batch_outcomes(conn, missing)
+    snaps = snapshots(app_db.engine(), missing)
     for batch_id in missing:
-        metadata = {
-            **batch_metadata(views[batch_id], outcomes[batch_id]),
-            "repoll_run": context.run_id,
-        }
-        yield from _settled_events(app_db, views[batch_id], outcomes[batch_id], metadata)
+        yield from _settled_events(app_db, snaps[batch_id], {"repoll_run": context.run_id})
 
 
 def _archive_events(
@@ -290,23 +256,9 @@ def _archive_events(
     states = archive_state(app_db.engine(), touched)
     with reading(app_db.engine()) as conn:
         outcomes = batch_outcomes(conn, touched)
+    extra = {"repoll_run": context.run_id}
     for batch_id in touched:
-        state = states[batch_id]
-        yield dg.AssetMaterialization(
-            asset_key=ARCHIVED.key,
-            partition=batch_id,
-            metadata={
-                **archive_metadata(state),
-                **video_links(outcomes[batch_id]),
-                "repoll_run": context.run_id,
-            },
-        )
-        yield dg.AssetCheckEvaluation(
-            asset_key=ARCHIVED.key,
-            check_name=ARCHIVE_CHECK.name,
-            partition=batch_id,
-            **archive_check(state),
-        )
+        yield from archived_report(batch_id, states[batch_id], outcomes[batch_id], extra).events()
 
 
 def _ensure_partitions(instance: dg.DagsterInstance, batch_ids: list[str]) -> None:

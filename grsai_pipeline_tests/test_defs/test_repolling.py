@@ -9,16 +9,22 @@ from typing import Any
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.definitions import defs
+from grsai_pipeline.defs.metadata import engine_metadata
 from grsai_pipeline.dev.simulator import SimulatorServer
 from grsai_pipeline.engine.loop import Until
+from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.store.db import get_engine
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows
+from grsai_pipeline_tests.test_defs.dagster_helpers import materializations, run_batch
 
+# What the engine of a batch's own run reports of itself (and ``now_<outcome>`` counts).
+ENGINE_FIELDS = frozenset(engine_metadata(EngineReport()))
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -217,3 +223,41 @@ def test_with_nothing_open_the_run_stays_up_and_sends_a_new_batch_within_seconds
     assert ("settled_ledger", batch_id) in partition_events(results[0])
     # It went on for its linger after the batch settled, and no longer: far within its budget.
     assert time.monotonic() - started < 25
+
+
+def test_a_batch_s_own_run_and_the_re_polling_run_report_it_with_the_same_fields(
+    pipeline_env: dict[str, str], engine: Any, simulator: SimulatorServer, instance: Any
+) -> None:
+    # One builder for a batch's events (defs/reports.py): an operator reads the same fields
+    # and checks whichever run settled the batch.
+    tasks = [
+        {"prompt": "fine", "model": "veo-flash"},
+        {"prompt": "flagged [sim:input_moderation]", "model": "sora-2"},
+    ]
+    by_own_run, by_repoll = new_batch(engine, tasks), new_batch(engine, tasks, user="bea")
+    own = run_batch(instance, by_own_run)
+    with engine.begin() as conn:  # leave the second to the re-polling run alone
+        conn.execute(sa.text("UPDATE batch_jobs SET status = 'settled' WHERE id = :b"),
+                     {"b": by_own_run})  # fmt: skip
+    repolled = repoll(instance)
+
+    mine = materializations(own)
+    theirs = partition_events(repolled)
+    for asset in ("polled_results", "settled_ledger"):
+        # Each run adds what it alone knows: its engine's figures, or which run it was; the
+        # batch's own run also shows a preview of the first tasks.
+        run_only = ENGINE_FIELDS | {"poll_budget_spent", "ledger_entries_written", "preview"}
+        own_fields = {k for k in mine[asset] if k not in run_only and not k.startswith("now_")}
+        assert own_fields == set(theirs[(asset, by_repoll)]) - {"repoll_run"}
+    assert (
+        mine["settled_ledger"]["failures_by_reason"]
+        == (theirs[("settled_ledger", by_repoll)]["failures_by_reason"])
+    )
+    checks_of_own = {e.check_name: e.passed for e in own.get_asset_check_evaluations()}
+    checks_of_repoll = {
+        e.check_name: e.passed
+        for e in repolled.get_asset_check_evaluations()
+        if e.partition == by_repoll and e.asset_key.to_user_string() != "archived_videos"
+    }
+    del checks_of_own["videos_archived_in_time"]
+    assert checks_of_own == checks_of_repoll
