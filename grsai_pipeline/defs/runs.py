@@ -20,7 +20,6 @@ TRIGGER_TAG = "grsai/trigger"
 BACKFILL_TAG = "dagster/backfill"
 NO_RETRY_TAGS = {"dagster/retry_on_asset_or_op_failure": "false", "dagster/max_retries": "0"}
 REPOLL_TAG = "grsai/repoll"
-BATCH_JOB = "batch_pipeline"
 REPOLL_JOB = "repoll_open_batches"
 CREATE_JOB = "create_batch"
 

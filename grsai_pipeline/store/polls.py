@@ -13,7 +13,7 @@ forgets it at its next read of the database.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,6 +29,19 @@ t = video_tasks.c
 
 # Ids per IN list: well under SQLite's and psycopg2's limits on bound parameters.
 _CHUNK = 500
+
+
+def _chunks(
+    conn: Connection, task_ids: Sequence[str], *, skip_locked: bool
+) -> Iterator[sa.ColumnElement[bool]]:
+    """The ids as conditions of ``_CHUNK`` each; with ``skip_locked``, on PostgreSQL, only the
+    rows no other transaction holds (never waited for: no deadlock with the guarded writes)."""
+    for start in range(0, len(task_ids), _CHUNK):
+        chunk = t.id.in_(task_ids[start : start + _CHUNK])
+        if skip_locked and is_postgres(conn):
+            free = sa.select(t.id).where(chunk).with_for_update(skip_locked=True, key_share=True)
+            chunk = t.id.in_(free.scalar_subquery())
+        yield chunk
 
 
 def hold_for(poll_interval_s: float, lease_s: float) -> timedelta:
@@ -99,12 +112,8 @@ def take_polls(
     """Hold these tasks' polls for ``runner_id`` until ``until``, those still free; returns
     the ones it got (another engine may have taken some since they were read)."""
     taken: set[str] = set()
-    for start in range(0, len(task_ids), _CHUNK):
-        chunk = t.id.in_(task_ids[start : start + _CHUNK])
-        if is_postgres(conn):
-            # Rows another engine is taking right now are its own: skipped, never waited for.
-            free = sa.select(t.id).where(chunk).with_for_update(skip_locked=True, key_share=True)
-            chunk = t.id.in_(free.scalar_subquery())
+    # Rows another engine is taking right now are its own: skipped, never waited for.
+    for chunk in _chunks(conn, task_ids, skip_locked=True):
         statement = (
             video_tasks.update()
             .where(chunk, _free(runner_id, lease_s, now))
@@ -131,13 +140,8 @@ def renew_holds(
     values: dict[str, object] = {"polled_by": runner_id, "poll_held_until": until}
     if polled_at is not None:
         values["polled_at"] = polled_at
-    ids = sorted(task_ids)
-    for start in range(0, len(ids), _CHUNK):
-        chunk = t.id.in_(ids[start : start + _CHUNK])
-        if is_postgres(conn):
-            free = sa.select(t.id).where(chunk).with_for_update(skip_locked=True, key_share=True)
-            chunk = t.id.in_(free.scalar_subquery())
-        ours = sa.or_(t.polled_by.is_(None), t.polled_by == runner_id)
+    ours = sa.or_(t.polled_by.is_(None), t.polled_by == runner_id)
+    for chunk in _chunks(conn, sorted(task_ids), skip_locked=True):
         conn.execute(video_tasks.update().where(chunk, ours).values(values))
 
 
@@ -146,10 +150,10 @@ def hold_accepted(
 ) -> None:
     """The runner whose submit the API accepted holds the new remote task's polls (a hold of
     the task's earlier remote task, if any, is void)."""
-    ids = sorted(task_ids)
-    for start in range(0, len(ids), _CHUNK):
+    at_api = t.status == TaskStatus.PROCESSING.value
+    for chunk in _chunks(conn, sorted(task_ids), skip_locked=False):
         conn.execute(
             video_tasks.update()
-            .where(t.id.in_(ids[start : start + _CHUNK]), t.status == TaskStatus.PROCESSING.value)
+            .where(chunk, at_api)
             .values(polled_by=runner_id, poll_held_until=until)
         )
