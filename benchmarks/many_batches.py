@@ -240,21 +240,7 @@ MAX_GAP_S = 60.0  # SPEC 7: GRSAI_POLL_MAX_GAP_S, the longest a task at the API 
 CLI = Path(sys.executable).with_name("grsai-pipeline")
 DAGSTER = Path(sys.executable).with_name("dagster")
 # The instance `make dev` makes (scripts/dev.sh): SQLite, run monitoring on, sensor runs paced.
-DEV_INSTANCE_YAML = """\
-telemetry:
-  enabled: false
-run_monitoring:
-  enabled: true
-  start_timeout_seconds: 300
-  cancel_timeout_seconds: 180
-  poll_interval_seconds: 60
-concurrency:
-  runs:
-    tag_concurrency_limits:
-      - key: grsai/trigger
-        value: sensor
-        limit: 2
-"""
+DEV_INSTANCE_YAML = REPO / "scripts" / "dev-instance.yaml"
 RUN_SUMMARY_PROBE = """\
 import collections, json
 import dagster as dg
@@ -358,7 +344,7 @@ def as_users_env(args: argparse.Namespace, base_url: str, work: Path, dbs: Datab
     """The environment of every process: the CLI's, dagster dev's and its runs'."""
     home = work / "dagster_home"
     home.mkdir()
-    instance_yaml = (REPO / "dagster.yaml").read_text() if dbs.instance_url else DEV_INSTANCE_YAML
+    instance_yaml = (REPO / "dagster.yaml" if dbs.instance_url else DEV_INSTANCE_YAML).read_text()
     (home / "dagster.yaml").write_text(instance_yaml)
     env = {
         **os.environ,
@@ -641,16 +627,22 @@ def print_runs(summary: dict[str, Any], log: Path) -> None:
     print(f"lines with ' - ERROR - ' in dagster dev's log: {errors} ({log})")
 
 
-def run_as_users(args: argparse.Namespace) -> None:
-    """The as-users mode; see the module's docstring."""
-    work = Path(tempfile.mkdtemp(prefix="grsai-as-users-"))
+def run_under_dagster_dev(args: argparse.Namespace) -> None:
+    """The as-users mode, or its fairness case: a work directory, the databases, the API
+    stand-in, then the case's own header and measurement; see the module's docstring."""
+    fairness = args.fairness
+    work = Path(tempfile.mkdtemp(prefix="grsai-fairness-" if fairness else "grsai-as-users-"))
     dbs = choose_databases(args, work)
-    gen = args.generation_s
-    stand_in = StandIn(args.latency_ms / 1000, (gen, gen), log_polls=True)
+    latency_s = args.latency_ms / 1000
+    if fairness:
+        stand_in = StandIn(latency_s, fairness_generation(args))
+    else:
+        gen = args.generation_s
+        stand_in = StandIn(latency_s, (gen, gen), log_polls=True)
     try:
         env = as_users_env(args, stand_in.base_url, work, dbs)
-        print_header(args, dbs)
-        measure_as_users(args, env, stand_in, dbs, work)
+        (print_fairness_header if fairness else print_header)(args, dbs)
+        (measure_fairness if fairness else measure_as_users)(args, env, stand_in, dbs, work)
     finally:
         stand_in.stop()
     if dbs.made:
@@ -867,22 +859,6 @@ def print_fairness(large: BatchSeen, small: BatchSeen, resubmits: int) -> None:
           f"large one): {'met' if met else 'NOT met'}")  # fmt: skip
 
 
-def run_fairness(args: argparse.Namespace) -> None:
-    """The fairness case of the as-users mode; see the module's docstring."""
-    work = Path(tempfile.mkdtemp(prefix="grsai-fairness-"))
-    dbs = choose_databases(args, work)
-    stand_in = StandIn(args.latency_ms / 1000, fairness_generation(args))
-    try:
-        env = as_users_env(args, stand_in.base_url, work, dbs)
-        print_fairness_header(args, dbs)
-        measure_fairness(args, env, stand_in, dbs, work)
-    finally:
-        stand_in.stop()
-    if dbs.made:
-        print(f"fresh databases kept: {', '.join(dbs.made)}")
-    print(f"work directory: {work}")
-
-
 def measure_fairness(args: argparse.Namespace, env: dict[str, str], stand_in: StandIn,
                      dbs: Databases, work: Path) -> None:  # fmt: skip
     cli(env, "db", "init")
@@ -983,10 +959,8 @@ def main() -> None:
             setattr(args, name, value)
     if args.generation_s is None and not args.fairness:
         args.generation_s = 180.0
-    if args.fairness:
-        run_fairness(args)
-    elif args.as_users:
-        run_as_users(args)
+    if args.as_users:  # --fairness implies it
+        run_under_dagster_dev(args)
     else:
         run_window(args)
 

@@ -10,23 +10,7 @@ DAGSTER=${DAGSTER:-$BIN/dagster}
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/dagster_home}
 mkdir -p "$DAGSTER_HOME"
 if [ ! -e "$DAGSTER_HOME/dagster.yaml" ]; then
-  # Run monitoring (the daemon fails a run whose process died) and the sensor's runs two at a
-  # time, as in production's dagster.yaml.
-  cat >"$DAGSTER_HOME/dagster.yaml" <<'YAML'
-telemetry:
-  enabled: false
-run_monitoring:
-  enabled: true
-  start_timeout_seconds: 300
-  cancel_timeout_seconds: 180
-  poll_interval_seconds: 60
-concurrency:
-  runs:
-    tag_concurrency_limits:
-      - key: grsai/trigger
-        value: sensor
-        limit: 2
-YAML
+  cp "$(dirname "$0")/dev-instance.yaml" "$DAGSTER_HOME/dagster.yaml"
 fi
 
 key_in_dotenv() {
