@@ -13,14 +13,14 @@ import pytest
 import sqlalchemy as sa
 
 from grsai_pipeline.config import load_settings
-from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.dev.simulator import SimulatorServer
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.work import open_batches_worker
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.schema import video_tasks
-from grsai_pipeline_tests.conftest import TEST_API_KEY, pipeline_settings
 from grsai_pipeline_tests.helpers import new_batch, rows
+from grsai_pipeline_tests.test_engine.long_api import long_running_api
 
 TASKS = 12
 
@@ -28,17 +28,8 @@ TASKS = 12
 @pytest.fixture
 def long_api(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[SimulatorServer]:
     """Generations that outlast the test; one request at a time, so polls come in order."""
-    config = SimulatorConfig(
-        api_key=TEST_API_KEY, latency_s=(0.005, 0.005), generation_s=(3600, 3600),
-        mix={"succeeded": 1.0}, seed=3, log_polls=True,
-    )  # fmt: skip
-    with SimulatorServer(config) as sim:
-        env = pipeline_settings(database_url, sim.base_url) | {
-            "GRSAI_MAX_CONCURRENCY": "1",
-            "GRSAI_POLL_INTERVAL_S": "30",
-        }
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
+    env = {"GRSAI_MAX_CONCURRENCY": "1", "GRSAI_POLL_INTERVAL_S": "30"}
+    with long_running_api(monkeypatch, database_url, seed=3, env=env) as sim:
         yield sim
 
 

@@ -15,14 +15,14 @@ import pytest
 import sqlalchemy as sa
 
 from grsai_pipeline.config import Settings, load_settings
-from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.dev.simulator import SimulatorServer
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import Worker, batch_worker, open_batches_worker
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.schema import video_tasks
-from grsai_pipeline_tests.conftest import TEST_API_KEY, pipeline_settings
 from grsai_pipeline_tests.helpers import new_batch, rows
+from grsai_pipeline_tests.test_engine.long_api import long_running_api
 
 INTERVAL_S = 1.0
 
@@ -30,17 +30,8 @@ INTERVAL_S = 1.0
 @pytest.fixture
 def long_api(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[SimulatorServer]:
     """Generations that outlast the test, every poll logged."""
-    config = SimulatorConfig(
-        api_key=TEST_API_KEY, latency_s=(0.005, 0.005), generation_s=(3600, 3600),
-        mix={"succeeded": 1.0}, seed=11, log_polls=True,
-    )  # fmt: skip
-    with SimulatorServer(config) as sim:
-        env = pipeline_settings(database_url, sim.base_url) | {
-            "GRSAI_POLL_INTERVAL_S": str(INTERVAL_S),
-            "GRSAI_CLAIM_LEASE_S": "4",
-        }
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
+    env = {"GRSAI_POLL_INTERVAL_S": str(INTERVAL_S), "GRSAI_CLAIM_LEASE_S": "4"}
+    with long_running_api(monkeypatch, database_url, seed=11, env=env) as sim:
         yield sim
 
 
