@@ -12,6 +12,7 @@ from typing import NoReturn
 import click
 
 from grsai_pipeline.cli import process
+from grsai_pipeline.cli.api import api
 from grsai_pipeline.cli.batches import batch
 from grsai_pipeline.cli.credits import credits
 from grsai_pipeline.cli.database import db
@@ -33,7 +34,7 @@ def cli() -> None:
     process.collect_from_here()  # the command line's imports are done
 
 
-for command in (db, credits, batch, run, simulator, demo, webhook):
+for command in (db, credits, batch, run, simulator, demo, webhook, api):
     cli.add_command(command)
 
 

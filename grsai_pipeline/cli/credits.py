@@ -8,12 +8,12 @@ import click
 
 from grsai_pipeline.cli import context
 from grsai_pipeline.cli.batches import IDEMPOTENCY_HELP
-from grsai_pipeline.cli.views import ledger_json, ledger_table, running_ledger
+from grsai_pipeline.cli.views import ledger_json, ledger_table
 from grsai_pipeline.errors import InvalidInput
 from grsai_pipeline.store.accounts import MAX_BALANCE, Account, get_account, grant_credits
 from grsai_pipeline.store.batches import get_batch
 from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.ledger import list_entries
+from grsai_pipeline.store.ledger import list_entries, running_ledger
 
 
 @click.group()

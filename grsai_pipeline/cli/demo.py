@@ -14,13 +14,13 @@ from typing import Any
 
 import click
 
-from grsai_pipeline.cli.views import describe_batch, ledger_table, running_ledger, tasks_table
+from grsai_pipeline.cli.views import describe_batch, ledger_table, tasks_table
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.errors import RunFailed
 from grsai_pipeline.store.accounts import get_account, grant_credits
 from grsai_pipeline.store.batches import create_batch, get_batch
 from grsai_pipeline.store.db import get_engine, reading
-from grsai_pipeline.store.ledger import list_entries
+from grsai_pipeline.store.ledger import list_entries, running_ledger
 from grsai_pipeline.store.migrate import upgrade_schema
 
 DEMO_USER = "demo-user"

@@ -397,10 +397,15 @@ def list_batches(
     status: str | None = None,
     user_id: str | None = None,
     limit: int = 50,
+    before: tuple[datetime, str] | None = None,
 ) -> list[BatchView]:
-    """The newest ``limit`` batches (of a status, of a user), newest first, with their counts."""
+    """The newest ``limit`` batches (of a status, of a user), newest first, with their counts;
+    with ``before`` (a batch's ``created_at`` and id), the ones after it in that order."""
     b = batch_jobs.c
     query = sa.select(b.id).order_by(b.created_at.desc(), b.id.desc()).limit(limit)
+    if before is not None:
+        at, batch_id = before
+        query = query.where(sa.or_(b.created_at < at, sa.and_(b.created_at == at, b.id < batch_id)))
     if status is not None:
         query = query.where(b.status == status)
     if user_id is not None:

@@ -237,3 +237,22 @@ def list_entries(conn: Connection, *, user_id: str, batch_id: str | None = None)
     if batch_id is not None:
         query = query.where(credit_ledger.c.batch_job_id == batch_id)
     return [LedgerRow(**row._mapping) for row in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    """A ledger entry with the account as it stood after it."""
+
+    entry: LedgerRow
+    balance: int
+    held: int
+
+
+def running_ledger(entries: Sequence[LedgerRow]) -> list[LedgerLine]:
+    """Each entry (oldest first, the account's whole ledger) with the balance after it."""
+    lines, balance, held = [], 0, 0
+    for row in entries:
+        change = account_change([LedgerEntry(row.user_id, EntryKind(row.kind), row.amount)])
+        balance, held = balance + change.balance, held + change.held
+        lines.append(LedgerLine(row, balance, held))
+    return lines

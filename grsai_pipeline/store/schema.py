@@ -156,6 +156,17 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
+# The HTTP API's bearer tokens (SPEC 9): only each token's SHA-256 is kept, so a copy of the
+# database lets no one in; a revoked token keeps its row (and its name) for the record.
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+)
+
 credit_ledger = sa.Table(
     "credit_ledger",
     metadata,

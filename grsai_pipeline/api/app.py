@@ -1,0 +1,373 @@
+"""The routes of SPEC 9 over the store's own functions (``grsai-pipeline api serve``).
+
+Every route but ``/healthz`` wants ``Authorization: Bearer <token>`` (``store/tokens.py``),
+checked against the database on each request, so a revoked token is refused at once. Handlers
+are plain functions (FastAPI runs them on its thread pool) that call what the commands call:
+``create_batch``, ``cancel_batch``, ``grant_credits``, the ledger. Errors become problem details
+through one table (``problems.py``); the access log shows method, path and status only.
+"""
+
+# No "from __future__ import annotations": FastAPI reads these hints (some name local
+# dependencies) when the routes are made.
+
+import logging
+from http import HTTPStatus
+from typing import Annotated, Any, Final
+
+import uvicorn
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+from grsai_pipeline.api import problems
+from grsai_pipeline.api.cursors import (
+    batch_cursor,
+    ledger_cursor,
+    read_batch_cursor,
+    read_ledger_cursor,
+)
+from grsai_pipeline.api.limits import MAX_BODY_BYTES, BodyLimit
+from grsai_pipeline.api.models import (
+    MAX_USER_ID_CHARS,
+    BatchOut,
+    BatchPage,
+    BatchSummary,
+    CancelOut,
+    CreateBatch,
+    CreditsOut,
+    Grant,
+    LedgerEntryOut,
+    LedgerPage,
+    Problem,
+)
+from grsai_pipeline.domain.pricing import PriceTable
+from grsai_pipeline.domain.states import BatchStatus
+from grsai_pipeline.errors import DatabaseNotReady, GrsaiPipelineError, InvalidInput
+from grsai_pipeline.store.accounts import get_account, grant_credits
+from grsai_pipeline.store.batches import create_batch, get_batch, list_batches
+from grsai_pipeline.store.cancels import cancel_batch
+from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.idempotency import MAX_KEY_LENGTH
+from grsai_pipeline.store.ledger import list_entries, running_ledger
+from grsai_pipeline.store.migrate import HEAD_REVISION, current_revision
+from grsai_pipeline.store.tokens import token_name
+
+REPLAYED: Final = "Idempotent-Replayed"
+MAX_PAGE: Final = 200
+log = logging.getLogger(__name__)
+
+
+class NotAuthenticated(Exception):
+    """No token, an unknown one, or a revoked one."""
+
+
+def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses
+    }
+
+
+REPLAY_HEADER: Final = {
+    REPLAYED: {
+        "description": "true when an Idempotency-Key replayed the first answer",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Makes a retry safe: the same key and body replay the first answer.",
+    ),
+]
+BatchId = Annotated[str, Path(max_length=36)]
+UserId = Annotated[str, Path(min_length=1, max_length=MAX_USER_ID_CHARS)]
+Cursor = Annotated[str | None, Query(description="next_cursor of the page before.")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+
+
+def create_app(engine: Engine, prices: PriceTable, *, lease_s: float) -> FastAPI:
+    """The API as an ASGI app over ``engine``, pricing with ``prices``."""
+    bearer = HTTPBearer(
+        auto_error=False, description="A token made by `grsai-pipeline api token create NAME`."
+    )
+
+    def authenticated(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> str:
+        name = token_name(engine, credentials.credentials) if credentials else None
+        if name is None:
+            raise NotAuthenticated
+        return name
+
+    app = FastAPI(
+        title="grsai-pipeline",
+        version="1",
+        summary="Batches of AI videos paid for in credits (SPEC 9).",
+        openapi_url=None,  # served below, behind the token like every route but /healthz
+        docs_url=None,
+        redoc_url=None,
+        responses=_problem_responses(401, 422),
+    )
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    _handle_errors(app)
+    auth = [Depends(authenticated)]
+
+    @app.get("/healthz", tags=["health"], response_model=dict[str, str])
+    def healthz() -> dict[str, str]:
+        """The process answers (no token needed)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], dependencies=auth, responses=_problem_responses(503))
+    def readyz() -> dict[str, str]:
+        """The application database answers, at the schema this version needs."""
+        try:
+            revision = current_revision(engine)
+        except SQLAlchemyError:
+            raise DatabaseNotReady("the application database does not answer") from None
+        if revision != HEAD_REVISION:
+            raise DatabaseNotReady(
+                f"the schema is at revision {revision or 'none'}, this version needs "
+                f"{HEAD_REVISION}: run `grsai-pipeline db init`"
+            )
+        return {"status": "ready", "schema_revision": revision}
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.post(
+        "/v1/batches",
+        tags=["batches"],
+        dependencies=auth,
+        status_code=201,
+        response_model=BatchOut,
+        responses={
+            201: {"description": "Created", "headers": {}},
+            200: {"model": BatchOut, "description": "Replayed", "headers": REPLAY_HEADER},
+            **_problem_responses(402, 409, 413),
+        },
+    )
+    def post_batch(body: CreateBatch, response: Response, key: IdempotencyKey = None) -> BatchOut:
+        """Create a batch and reserve its credits (as `batch create`)."""
+        new = create_batch(engine, body.user_id, body.tasks, prices, idempotency_key=key)
+        if new.replayed:
+            response.status_code = 200
+            response.headers[REPLAYED] = "true"
+        return BatchOut.of(get_batch(engine, new.batch_id))
+
+    @app.get("/v1/batches", tags=["batches"], dependencies=auth, response_model=BatchPage)
+    def get_batches(
+        user_id: Annotated[str | None, Query(max_length=MAX_USER_ID_CHARS)] = None,
+        status: BatchStatus | None = None,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> BatchPage:
+        """Batches, newest first, a page at a time (as `batch list`)."""
+        before = read_batch_cursor(cursor) if cursor is not None else None
+        views = list_batches(engine, status=status, user_id=user_id, limit=limit + 1, before=before)
+        page, more = views[:limit], len(views) > limit
+        last = page[-1] if more else None
+        return BatchPage(
+            batches=[BatchSummary.of(view) for view in page],
+            next_cursor=batch_cursor(last.created_at, last.batch_id) if last else None,
+        )
+
+    @app.get(
+        "/v1/batches/{batch_id}",
+        tags=["batches"],
+        dependencies=auth,
+        response_model=BatchOut,
+        responses=_problem_responses(404),
+    )
+    def get_one_batch(batch_id: BatchId) -> BatchOut:
+        """A batch with its tasks (as `batch status --json`)."""
+        return BatchOut.of(get_batch(engine, batch_id))
+
+    @app.post(
+        "/v1/batches/{batch_id}/cancel",
+        tags=["batches"],
+        dependencies=auth,
+        response_model=CancelOut,
+        responses=_problem_responses(404),
+    )
+    def post_cancel(batch_id: BatchId) -> CancelOut:
+        """Cancel a batch (as `batch cancel`): unsent tasks fail and are refunded now."""
+        return CancelOut.of(cancel_batch(engine, batch_id, lease_s=lease_s))
+
+    @app.get(
+        "/v1/users/{user_id}/credits",
+        tags=["credits"],
+        dependencies=auth,
+        response_model=CreditsOut,
+        responses=_problem_responses(404),
+    )
+    def get_credits(user_id: UserId) -> CreditsOut:
+        """A user's spendable and held credits (as `credits show`)."""
+        return CreditsOut.of(get_account(engine, user_id))
+
+    @app.get(
+        "/v1/users/{user_id}/ledger",
+        tags=["credits"],
+        dependencies=auth,
+        response_model=LedgerPage,
+        responses=_problem_responses(404),
+    )
+    def get_ledger(
+        user_id: UserId,
+        batch_id: Annotated[str | None, Query(max_length=36)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Cursor = None,
+    ) -> LedgerPage:
+        """A user's ledger, oldest first, each entry with the balance after it (as `credits
+        ledger`)."""
+        after = read_ledger_cursor(cursor) if cursor is not None else -1
+        get_account(engine, user_id)  # 404 for a user with no account
+        if (
+            batch_id is not None
+            and get_batch(engine, batch_id, with_tasks=False).user_id != user_id
+        ):
+            raise InvalidInput("batch_id", f"{batch_id} is a batch of another user")
+        with reading(engine) as conn:
+            # The whole ledger, so that each balance is the account's as it stood.
+            lines = running_ledger(list_entries(conn, user_id=user_id))
+        lines = [
+            line
+            for line in lines
+            if line.entry.id > after and batch_id in (None, line.entry.batch_job_id)
+        ]
+        page, more = lines[:limit], len(lines) > limit
+        return LedgerPage(
+            user_id=user_id,
+            entries=[LedgerEntryOut.of(line) for line in page],
+            next_cursor=ledger_cursor(page[-1].entry.id) if more else None,
+        )
+
+    @app.post(
+        "/v1/users/{user_id}/grants",
+        tags=["credits"],
+        dependencies=auth,
+        status_code=201,
+        response_model=CreditsOut,
+        responses={
+            200: {"model": CreditsOut, "description": "Replayed", "headers": REPLAY_HEADER},
+            **_problem_responses(409, 413),
+        },
+    )
+    def post_grant(
+        user_id: UserId, body: Grant, response: Response, key: IdempotencyKey = None
+    ) -> CreditsOut:
+        """Add spendable credits to a user's account (as `credits grant`)."""
+        account = grant_credits(engine, user_id, body.amount, idempotency_key=key)
+        if account.replayed:
+            response.status_code = 200
+            response.headers[REPLAYED] = "true"
+        return CreditsOut.of(account)
+
+    app.openapi = _problem_media_type(app)  # type: ignore[method-assign]
+    return app
+
+
+def _handle_errors(app: FastAPI) -> None:
+    @app.exception_handler(NotAuthenticated)
+    async def not_authenticated(_request: Request, _exc: Exception) -> Response:
+        found = problems.problem(
+            401,
+            "not-authenticated",
+            "Not authenticated",
+            "Authorization must be `Bearer <token>` with a live token (grsai-pipeline api token "
+            "create NAME)",
+            "Authorization",
+        )
+        return problems.respond(found, {"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(GrsaiPipelineError)
+    async def product_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GrsaiPipelineError)
+        found = problems.problem_of(exc)
+        if found is None:
+            log.error("request failed: %s", exc)
+            found = problems.internal()
+        return problems.respond(found)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return problems.respond(_validation_problem(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        phrase = HTTPStatus(exc.status_code).phrase
+        slug = phrase.lower().replace(" ", "-")
+        return problems.respond(problems.problem(exc.status_code, slug, phrase, str(exc.detail)))
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_request: Request, exc: Exception) -> Response:
+        log.error("the application database failed a request: %s", type(exc).__name__)
+        found = problems.problem(
+            503, "database-unavailable", "Database unavailable", "the database did not answer"
+        )
+        return problems.respond(found)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.error("request failed unexpectedly: %s", type(exc).__name__, exc_info=exc)
+        return problems.respond(problems.internal())
+
+
+def _validation_problem(exc: RequestValidationError) -> Problem:
+    """422 naming the first field refused: ``tasks[3]``, ``limit``, ``Idempotency-Key``."""
+    first = exc.errors()[0]
+    where, *path = first.get("loc", ("body",))
+    if first.get("type") == "json_invalid":
+        field, rule = "body", "is not valid JSON"
+    elif not path and where == "body" and first.get("type") != "missing":
+        field, rule = "body", "must be a JSON object sent as Content-Type: application/json"
+    else:
+        field = _field_name(str(where), path)
+        rule = str(first.get("msg", "is invalid")).lower()
+    return problems.problem(422, "invalid-input", "Invalid input", f"{field}: {rule}", field)
+
+
+def _field_name(where: str, path: list[Any]) -> str:
+    if not path:
+        return where
+    if where == "header":
+        return "-".join(part.capitalize() for part in str(path[0]).split("-"))
+    name = str(path[0])
+    for part in path[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+def _problem_media_type(app: FastAPI) -> Any:
+    """``app.openapi`` with every error response as ``application/problem+json``."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, answer in operation.get("responses", {}).items():
+                    content = answer.get("content", {})
+                    if str(status)[0] in "45" and "application/json" in content:
+                        content[problems.MEDIA_TYPE] = content.pop("application/json")
+        return schema
+
+    return openapi
+
+
+def serve(engine: Engine, prices: PriceTable, lease_s: float, host: str, port: int) -> None:
+    """Serve in the foreground. The access log shows method, path and status: no header (the
+    token, the idempotency key) and no body."""
+    app = create_app(engine, prices, lease_s=lease_s)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
