@@ -304,6 +304,11 @@ def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 400:  # FastAPI's own: a body it could not decode
+            found = problems.problem(
+                422, "invalid-input", "Invalid input", "body: is not valid UTF-8 JSON", "body"
+            )
+            return problems.respond(found)
         phrase = HTTPStatus(exc.status_code).phrase
         slug = phrase.lower().replace(" ", "-")
         return problems.respond(problems.problem(exc.status_code, slug, phrase, str(exc.detail)))
