@@ -294,7 +294,16 @@ export interface components {
                 duration?: 10 | 15;
                 /** Format: uri */
                 reference_url?: string;
-                meta?: Record<string, never>;
+                /** @description Model extras passed on: Veo's reference images and frames. */
+                meta?: {
+                    urls?: string[];
+                    /** Format: uri */
+                    firstFrameUrl?: string;
+                    /** Format: uri */
+                    lastFrameUrl?: string;
+                } & {
+                    [key: string]: unknown;
+                };
             }[];
         };
         /** CreditsOut */
@@ -330,9 +339,9 @@ export interface components {
             transaction_id: string;
             /**
              * Kind
-             * @description grant, reserve, charge or refund
+             * @enum {string}
              */
-            kind: string;
+            kind: "grant" | "reserve" | "charge" | "refund";
             /** Amount */
             amount: number;
             /** Batch Job Id */
@@ -399,8 +408,11 @@ export interface components {
             id: string;
             /** Batch Index */
             batch_index: number;
-            /** Status */
-            status: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "pending" | "queued" | "processing" | "succeeded" | "failed";
             /** Model */
             model: string | null;
             /** Video Url */
@@ -453,24 +465,6 @@ export interface operations {
                     "application/json": {
                         [key: string]: string;
                     };
-                };
-            };
-            /** @description Unauthorized */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description Unprocessable Entity */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -566,6 +560,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     post_batch_v1_batches_post: {
@@ -649,6 +652,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_one_batch_v1_batches__batch_id__get: {
@@ -691,6 +703,15 @@ export interface operations {
             };
             /** @description Unprocessable Entity */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -747,6 +768,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_credits_v1_users__user_id__credits_get: {
@@ -789,6 +819,15 @@ export interface operations {
             };
             /** @description Unprocessable Entity */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -843,6 +882,15 @@ export interface operations {
             };
             /** @description Unprocessable Entity */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -919,6 +967,15 @@ export interface operations {
             };
             /** @description Unprocessable Entity */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

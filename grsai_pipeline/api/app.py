@@ -66,6 +66,8 @@ class NotAuthenticated(Exception):
 
 
 def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The problems a route may answer: its own, and those of every route behind the token."""
+    statuses = (401, 422, 503, *statuses)
     return {
         status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses
     }
@@ -113,7 +115,6 @@ def create_app(engine: Engine, prices: PriceTable, *, lease_s: float) -> FastAPI
         openapi_url=None,  # served below, behind the token like every route but /healthz
         docs_url=None,
         redoc_url=None,
-        responses=_problem_responses(401, 422),
     )
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     _handle_errors(app)
@@ -124,7 +125,7 @@ def create_app(engine: Engine, prices: PriceTable, *, lease_s: float) -> FastAPI
         """The process answers (no token needed)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], dependencies=auth, responses=_problem_responses(503))
+    @app.get("/readyz", tags=["health"], dependencies=auth, responses=_problem_responses())
     def readyz() -> dict[str, str]:
         """The application database answers, at the schema this version needs."""
         try:
@@ -162,7 +163,13 @@ def create_app(engine: Engine, prices: PriceTable, *, lease_s: float) -> FastAPI
             response.headers[REPLAYED] = "true"
         return BatchOut.of(get_batch(engine, new.batch_id))
 
-    @app.get("/v1/batches", tags=["batches"], dependencies=auth, response_model=BatchPage)
+    @app.get(
+        "/v1/batches",
+        tags=["batches"],
+        dependencies=auth,
+        response_model=BatchPage,
+        responses=_problem_responses(),
+    )
     def get_batches(
         user_id: Annotated[str | None, Query(max_length=MAX_USER_ID_CHARS)] = None,
         status: BatchStatus | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, WithJsonSchema
 
@@ -43,7 +43,16 @@ TASK_SCHEMA: Final = {
         "aspect_ratio": {"type": "string", "enum": list(ASPECT_RATIOS)},
         "duration": {"type": "integer", "enum": list(SORA_DURATIONS)},
         "reference_url": {"type": "string", "format": "uri"},
-        "meta": {"type": "object"},
+        "meta": {
+            "type": "object",
+            "description": "Model extras passed on: Veo's reference images and frames.",
+            "properties": {
+                "urls": {"type": "array", "items": {"type": "string", "format": "uri"}},
+                "firstFrameUrl": {"type": "string", "format": "uri"},
+                "lastFrameUrl": {"type": "string", "format": "uri"},
+            },
+            "additionalProperties": True,
+        },
     },
     "required": ["prompt", "model"],
 }
@@ -63,10 +72,14 @@ class Grant(BaseModel):
     amount: StrictInt = Field(gt=0, le=MAX_BALANCE)
 
 
+# A writer of rows may store "queued", which means pending (SPEC 1).
+TaskStatusName = Literal["pending", "queued", "processing", "succeeded", "failed"]
+
+
 class TaskOut(BaseModel):
     id: str
     batch_index: int
-    status: str
+    status: TaskStatusName
     model: str | None
     video_url: str | None
     error_message: str | None
@@ -146,7 +159,7 @@ class CreditsOut(BaseModel):
 class LedgerEntryOut(BaseModel):
     id: int
     transaction_id: str
-    kind: str = Field(description="grant, reserve, charge or refund")
+    kind: Literal["grant", "reserve", "charge", "refund"]
     amount: int
     batch_job_id: str | None
     video_task_id: str | None
