@@ -35,7 +35,9 @@ PAGE = 1000
 @dg.sensor(
     job=batch_pipeline,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10,
+    # A new batch waits at most this long for its partition and run (its first submits may come
+    # sooner, from a live re-polling run); a tick is one indexed read of recent batches.
+    minimum_interval_seconds=5,
     description="Adds a partition and requests one run for each new batch.",
 )
 def new_batches_sensor(

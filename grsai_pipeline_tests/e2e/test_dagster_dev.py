@@ -99,7 +99,7 @@ def test_sensor_picks_up_a_new_batch_it_settles_and_a_backfill_retries_it(
         assert_ledger_invariants(engine)
 
         def rows_batch_run() -> bool:
-            # Another engine may settle the batch before the sensor's next tick (every 10 s):
+            # Another engine may settle the batch before the sensor's next tick (every 5 s):
             # the sensor still gives it its one run.
             with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as seen:
                 found = seen.get_run_records(dg.RunsFilter(tags={"batch_id": rows_batch}))
