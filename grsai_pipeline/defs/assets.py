@@ -17,7 +17,7 @@ import dagster as dg
 
 from grsai_pipeline.defs.checks import LEDGER_CHECK, TASKS_CHECK, VIDEO_CHECK
 from grsai_pipeline.defs.metadata import PREVIEW_ROWS, batch_metadata, engine_metadata
-from grsai_pipeline.defs.partitions import batches
+from grsai_pipeline.defs.partitions import batches, partitioned_check
 from grsai_pipeline.defs.reports import (
     ARCHIVE_CHECK_NAME,
     ARCHIVED_KEY,
@@ -85,10 +85,10 @@ ARCHIVED = dg.AssetSpec(
     description="Every succeeded video copied from its expiring URL to GRSAI_ARCHIVE_URL "
     "(a local folder by default; s3://bucket/prefix in production), streamed and whole.",
 )
-ARCHIVE_CHECK = dg.AssetCheckSpec(
+ARCHIVE_CHECK = partitioned_check(
     ARCHIVE_CHECK_NAME,
-    asset=ARCHIVED.key,
-    description="Fails when a succeeded video's URL expired before it was archived: the user "
+    ARCHIVED.key,
+    "Fails when a succeeded video's URL expired before it was archived: the user "
     "paid for a video we no longer have (each lost task is named).",
 )
 

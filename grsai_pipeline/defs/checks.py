@@ -1,38 +1,43 @@
 """The batch's asset checks, each with a description that says what failing means, and the
-fields of their results, for a batch's own run and the re-polling run alike."""
+fields of their results, for a batch's own run and the re-polling run alike.
+
+Each check is partitioned like its asset, so every result names its batch: the partition's
+page lists its checks, and a check's history has a partition column (issue 24).
+"""
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
 from typing import Any
 
 import dagster as dg
 
+from grsai_pipeline.defs.partitions import partitioned_check
 from grsai_pipeline.store.batches import BatchView
 from grsai_pipeline.store.outcomes import BatchOutcomes
 
 POLLED_KEY = dg.AssetKey("polled_results")
 SETTLED_KEY = dg.AssetKey("settled_ledger")
 
-VIDEO_CHECK = dg.AssetCheckSpec(
+VIDEO_CHECK = partitioned_check(
     "succeeded_tasks_have_video_url",
-    asset=POLLED_KEY,
-    description="Fails when a task is succeeded but has no video_url: its user is charged for "
+    POLLED_KEY,
+    "Fails when a task is succeeded but has no video_url: its user is charged for "
     "a video we cannot hand over (each such task is named). A bug or a bad write, never the "
     "API's doing: answers without a URL fail their task instead.",
 )
-LEDGER_CHECK = dg.AssetCheckSpec(
+LEDGER_CHECK = partitioned_check(
     "ledger_balances",
-    asset=SETTLED_KEY,
-    description="Fails when the batch's reserved, charged or refunded credits, or its user's "
+    SETTLED_KEY,
+    "Fails when the batch's reserved, charged or refunded credits, or its user's "
     "balance or held credits, differ from what its credit_ledger entries add up to (each "
     "difference is named; `grsai-pipeline db verify` checks every account). 'Execution "
     "failed' is not that: it means the run stopped before the check could look (a bad key, "
     "a missing setting, an unknown batch); the run's error says why, and the ledger is "
     "unchanged.",
 )
-TASKS_CHECK = dg.AssetCheckSpec(
+TASKS_CHECK = partitioned_check(
     "all_tasks_succeeded",
-    asset=SETTLED_KEY,
-    description="Warns (does not fail the run) when some of the batch's tasks failed: the "
+    SETTLED_KEY,
+    "Warns (does not fail the run) when some of the batch's tasks failed: the "
     "failed ones are refunded, and the metadata groups them by reason and says how many a "
     "backfill of this partition would retry (generation errors, exhausted submits, time-outs).",
 )

@@ -22,6 +22,7 @@ from grsai_pipeline_tests.test_defs.dagster_helpers import (
     sensor_tick,
 )
 from grsai_pipeline_tests.test_defs.test_pipeline import MIXED
+from grsai_pipeline_tests.test_defs.test_repolling import repoll
 
 FLAKY = {"prompt": "a glass tips over [sim:error]", "model": "sora-2"}
 
@@ -195,3 +196,30 @@ def test_sensor_runs_carry_the_batch_and_its_user(db_env, engine, instance, monk
     assert request.tags["batch_id"] == batch_id
     assert request.tags["user_id"] == "fay"
     assert request.tags["grsai/trigger"] == "sensor"
+
+
+def test_every_check_result_names_its_batch_in_the_check_s_history(
+    pipeline_env, engine, simulator, instance
+) -> None:
+    """Issue 24: a result of a batch's own run and one of the re-polling run each carry their
+    batch's partition, as the UI's check history and the partition page read them."""
+    own = new_batch(engine, [{"prompt": "a kite", "model": "sora-2"}], user="erin")
+    other = new_batch(engine, [{"prompt": "a boat [sim:error]", "model": "sora-2"}], user="finn")
+    assert run_batch(instance, own).success
+    assert repoll(instance).success  # reports `other`, which had no run of its own
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.asset_check_keys:
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+        assert history, key
+        assert {record.partition for record in history} <= {own, other}, key
+    tasks_check = dg.AssetCheckKey(dg.AssetKey("settled_ledger"), "all_tasks_succeeded")
+    latest = {
+        record.partition: record.event.dagster_event.event_specific_data
+        for record in instance.event_log_storage.get_asset_check_execution_history(
+            tasks_check, limit=10
+        )
+        if record.event and record.event.dagster_event
+    }
+    assert latest[own].passed is True
+    assert latest[other].passed is False and "1 of 1 task(s) failed" in latest[other].description
