@@ -22,13 +22,17 @@ request when its answer has arrived (closed loop):
   what starting the command costs).
 
 Latencies are the client's, from sending a request to having read its whole answer. CPU is
-user + system seconds: the server process's from /proc/<pid>/stat, the client's (this process,
-one thread, asyncio on uvloop) from getrusage, the whole machine's from /proc/stat (on
-PostgreSQL the rest is mostly the database's backends). The client is httpx over aiohttp's
-connection pool (``httpx-aiohttp``, as the product's own Grsai client): httpx's default pool
-costs the client about 3 ms of CPU per request at 32 connections, enough to make the client
-the bottleneck of the floor. A point where the client used 90% of a core is marked: its
-requests per second are a floor of the server's, not its ceiling.
+user + system seconds: the server process's from /proc/<pid>/stat (with its system share, and
+its threads' context switches per request from /proc/<pid>/task/*/status: handing the GIL from
+thread to thread shows there), the client's (this process, one thread, asyncio on uvloop) from
+getrusage, and "others": the whole machine's (/proc/stat) less those two, which on PostgreSQL
+is mostly its backends and otherwise is noise (the run prints how busy the machine was before
+it starts). The client is httpx over aiohttp's connection pool (``httpx-aiohttp``, as the
+product's own Grsai client): httpx's default pool costs the client about 3 ms of CPU per
+request at 32 connections, enough to make the client the bottleneck of the floor. "bound"
+names what was saturated: the CLIENT or the server at 90% of a core (one thread; one GIL),
+the cores at 90% of the machine. Where the client was, the requests per second are a floor of
+the server's, not its ceiling, and the run says so.
 
 ``--profile`` does not start a server: it calls the same app (``create_app``) in this
 process through httpx's ASGI transport with FastAPI's thread pool replaced by a direct call,
@@ -75,8 +79,12 @@ SATURATED = 0.9  # of one core: a single-threaded client, a server under one GIL
 
 def cpu_of(pid: int) -> float:
     """User + system seconds a live process has used."""
+    return sum(user_system_of(pid))
+
+
+def user_system_of(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def own_cpu() -> float:
@@ -90,16 +98,39 @@ def machine_busy() -> float:
     return (sum(values[:8]) - values[3] - values[4]) / TICK
 
 
+def switches_of(pid: int) -> dict[str, int]:
+    """Context switches (voluntary and not) of each live thread of a process, by thread id."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:  # the thread ended
+            continue
+        found[task.name] = sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+    return found
+
+
 @dataclass(frozen=True)
 class Usage:
     at: float
     server: float
+    server_system: float
+    server_switches: dict[str, int]
     client: float
     machine: float
 
     @classmethod
     def now(cls, server_pid: int) -> Usage:
-        return cls(time.perf_counter(), cpu_of(server_pid), own_cpu(), machine_busy())
+        user, system = user_system_of(server_pid)
+        switches = switches_of(server_pid)
+        return cls(time.perf_counter(), user + system, system, switches, own_cpu(), machine_busy())
+
+    def switches_since(self, before: Usage) -> int:
+        """The server's context switches since ``before`` (a thread that ended meanwhile is
+        not counted: FastAPI's worker threads live on between requests)."""
+        return sum(
+            n - before.server_switches.get(tid, 0) for tid, n in self.server_switches.items()
+        )
 
 
 # --- one measured point ---------------------------------------------------------------------
@@ -113,6 +144,8 @@ class Point:
     errors: list[str]
     wall_s: float
     server_cpu_s: float
+    server_system_s: float
+    server_switches: int
     client_cpu_s: float
     machine_cpu_s: float
 
@@ -198,6 +231,8 @@ async def drive(
         errors=errors,
         wall_s=after.at - before.at,
         server_cpu_s=after.server - before.server,
+        server_system_s=after.server_system - before.server_system,
+        server_switches=after.switches_since(before),
         client_cpu_s=after.client - before.client,
         machine_cpu_s=after.machine - before.machine,
     )
@@ -257,31 +292,45 @@ class Server:
     per request, as users run it) goes to a file."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("wb")
-        self.process = subprocess.Popen(
-            [str(CLI), "api", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        for _attempt in range(3):  # the free port may be taken before the server binds it
+            self.port = free_port()
+            self.base_url = f"http://127.0.0.1:{self.port}"
+            self.process = subprocess.Popen(
+                [str(CLI), "api", "serve", "--port", str(self.port)],
+                env=env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+            if self._started():
+                return
+            self._end()
+        self.stop()
+        said = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"the API did not start:\n{said}")
+
+    def _started(self) -> bool:
         deadline = time.monotonic() + 60
-        while True:
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
                 httpx.get(f"{self.base_url}/healthz", timeout=1).raise_for_status()
-                return
             except httpx.HTTPError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise SystemExit(f"the API did not start; see {log}") from None
                 time.sleep(0.1)
+                continue
+            # Our process answers, not another one on the port (it would have exited).
+            time.sleep(0.2)
+            return self.process.poll() is None
+        return False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def stop(self) -> None:
+        self._end()
+        self.log.close()
+
+    def _end(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -289,7 +338,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
 
 
 def batch_tasks(size: int) -> list[dict[str, Any]]:
@@ -486,8 +534,8 @@ def header(args: argparse.Namespace, database_url: str) -> None:
     )
     print(
         f"{'door':<34} {'conc':>4} {'reqs':>6} {'err':>4} {'req/s':>8} {'p50 ms':>8}"
-        f" {'p95 ms':>8} {'max ms':>8} | {'server cpu s':>12} {'ms/req':>7} {'core':>5} |"
-        f" {'client core':>11} | {'others core':>11} | bound"
+        f" {'p95 ms':>8} {'max ms':>8} | {'server cpu s':>12} {'sys':>4} {'ms/req':>7}"
+        f" {'core':>5} {'cs/req':>6} | {'client core':>11} | {'others core':>11} | bound"
     )
 
 
@@ -495,8 +543,10 @@ def report(p: Point) -> None:
     print(
         f"{p.door:<34} {p.concurrency:>4} {p.requests:>6} {len(p.errors):>4} {p.rate:>8.1f}"
         f" {p.quantile_ms(0.5):>8.1f} {p.quantile_ms(0.95):>8.1f} {p.quantile_ms(1.0):>8.1f} |"
-        f" {p.server_cpu_s:>12.2f} {p.server_ms_per_request:>7.2f}"
-        f" {p.server_cpu_s / p.wall_s:>5.2f} | {p.client_cpu_s / p.wall_s:>11.2f} |"
+        f" {p.server_cpu_s:>12.2f} {p.server_system_s / max(p.server_cpu_s, 1e-9):>4.0%}"
+        f" {p.server_ms_per_request:>7.2f}"
+        f" {p.server_cpu_s / p.wall_s:>5.2f} {p.server_switches / max(p.requests, 1):>6.0f} |"
+        f" {p.client_cpu_s / p.wall_s:>11.2f} |"
         f" {p.others_cpu_s / p.wall_s:>11.2f} | {p.bound}",
         flush=True,
     )
