@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     next_public_app_url: str | None = Field(None, alias="NEXT_PUBLIC_APP_URL")
     webhook_secret: SecretStr | None = Field(None, alias="GRSAI_WEBHOOK_SECRET")
     max_task_retries: int = Field(2, ge=0, le=20, alias="MAX_TASK_RETRIES")
+    # Ours (issue 24): how many times one task may be retried by backfill, each a reservation.
+    max_backfill_retries: int = Field(3, ge=0, le=100, alias="GRSAI_MAX_BACKFILL_RETRIES")
     max_concurrency: int = Field(10, ge=1, le=1000, alias="GRSAI_MAX_CONCURRENCY")
     poll_interval_s: float = Field(5.0, gt=0, le=3600, alias="GRSAI_POLL_INTERVAL_S")
     poll_budget_s: float = Field(300.0, ge=0, alias="GRSAI_POLL_BUDGET_S")
@@ -117,6 +119,7 @@ class Settings(BaseSettings):
             max_task_retries=self.max_task_retries,
             not_found_grace_s=self.not_found_grace_s,
             task_timeout_s=self.task_timeout_s,
+            max_backfill_retries=self.max_backfill_retries,
         )
 
     @property

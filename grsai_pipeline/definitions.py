@@ -9,12 +9,13 @@ from grsai_pipeline.defs.creation import create_batch
 from grsai_pipeline.defs.jobs import batch_pipeline
 from grsai_pipeline.defs.repolling import repoll_open_batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
+from grsai_pipeline.defs.retrying import retry_failed_batches
 from grsai_pipeline.defs.schedules import repoll_processing_schedule
 from grsai_pipeline.defs.sensors import new_batches_sensor
 
 defs = dg.Definitions(
     assets=BATCH_ASSETS,
-    jobs=[batch_pipeline, repoll_open_batches, create_batch],
+    jobs=[batch_pipeline, repoll_open_batches, create_batch, retry_failed_batches],
     sensors=[new_batches_sensor],
     schedules=[repoll_processing_schedule],
     resources={"app_db": AppDatabase(), "grsai": GrsaiApi()},

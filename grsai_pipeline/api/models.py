@@ -92,6 +92,10 @@ class TaskOut(BaseModel):
     video_bytes: int | None
     video_sha256: str | None
     archive_error: str | None
+    reservation: int = Field(
+        description="1 for the task's first reservation, one more per retry by backfill "
+        "(the ledger's reservation number); attempts counts the submits of this one."
+    )
 
 
 class BatchSummary(BaseModel):
@@ -105,6 +109,7 @@ class BatchSummary(BaseModel):
     charged_credits: int
     refunded_credits: int
     possible_duplicates: int
+    retried_by_backfill: int = Field(description="Tasks retried by backfill at least once.")
     created_at: Timestamp
     settled_at: Timestamp | None
     cancelled_at: Timestamp | None

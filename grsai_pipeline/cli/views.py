@@ -40,6 +40,7 @@ def tasks_table(view: BatchView) -> str:
                 "#": task.batch_index,
                 "model": task.model or "-",
                 "status": task.status,
+                "reservation": task.reservation,
                 "attempts": task.attempts,
                 "result": task.video_url or task.error_message or f"{task.progress}%",
             }

@@ -28,6 +28,7 @@ from grsai_pipeline.defs.reports import (
 )
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import NO_RETRY_TAGS, TRIGGER_TAG, missing_batch_tags
+from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.errors import RunStopped, SettingsError, UnknownBatch
@@ -119,8 +120,8 @@ def _open_batch(context: dg.AssetExecutionContext, app_db: AppDatabase) -> str:
     return batch_id
 
 
-def _view_metadata(app_db: AppDatabase, batch_id: str) -> dict[str, Any]:
-    snap = snapshot(app_db.engine(), batch_id, PREVIEW_ROWS)
+def _view_metadata(app_db: AppDatabase, batch_id: str, policy: RetryPolicy) -> dict[str, Any]:
+    snap = snapshot(app_db.engine(), batch_id, PREVIEW_ROWS, policy)
     return batch_metadata(snap.view, snap.outcomes)
 
 
@@ -148,19 +149,22 @@ def batch_lifecycle(
     # Retrying failures is an operator's decision (a launch from the UI, a backfill); the run the
     # sensor starts for a new batch never retries, even if another engine settled it already.
     sensor_run = context.run.tags.get(TRIGGER_TAG) == "sensor"
-    retry = RetryStart() if sensor_run else retry_failed_tasks(db, batch_id)
-    if retry.retried or retry.short_of_credits:
+    policy = grsai.settings().retry_policy
+    retry = RetryStart() if sensor_run else retry_failed_tasks(db, batch_id, policy)
+    if retry.retried or retry.short_of_credits or retry.final:
         context.log.info(
             f"retrying {retry.retried} failed task(s) for {retry.retry_credits} credits; "
-            f"{retry.short_of_credits} not retried for lack of credits"
+            f"{retry.short_of_credits} not retried for lack of credits; {retry.final} final "
+            f"(retried {policy.max_backfill_retries} time(s) already, GRSAI_MAX_BACKFILL_RETRIES)"
         )
     yield dg.MaterializeResult(
         asset_key=PENDING.key,
         metadata={
-            **_view_metadata(app_db, batch_id),
+            **_view_metadata(app_db, batch_id, policy),
             "tasks_taken_in": intake.priced,
             "retries_started": retry.retried,
             "retries_short_of_credits": retry.short_of_credits,
+            "retries_used_up": retry.final,
         },
     )
 
@@ -174,7 +178,10 @@ def batch_lifecycle(
             )
             yield dg.MaterializeResult(
                 asset_key=SUBMITTED.key,
-                metadata={**_view_metadata(app_db, batch_id), **engine_metadata(submitted)},
+                metadata={
+                    **_view_metadata(app_db, batch_id, policy),
+                    **engine_metadata(submitted),
+                },
             )
             followed = worker.run(Until.FINAL, budget)
     except (RunStopped, SettingsError) as exc:
@@ -183,7 +190,7 @@ def batch_lifecycle(
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     missing = succeeded_without_video(db, batch_id)
     followed_metadata = {**engine_metadata(followed), "poll_budget_spent": followed.budget_spent}
-    snap = snapshot(db, batch_id, PREVIEW_ROWS)
+    snap = snapshot(db, batch_id, PREVIEW_ROWS, policy)
     yield polled_report(snap, followed_metadata, missing).result()
 
     settlement = settle_batch(db, batch_id)
@@ -192,7 +199,8 @@ def batch_lifecycle(
     said = "settled" if settlement.settled else f"waiting on {settlement.unfinished} task(s)"
     written = {"ledger_entries_written": settlement.entries_written}
     problems = ledger_problems(db, batch_id)
-    yield settled_report(snapshot(db, batch_id, PREVIEW_ROWS), written, said, problems).result()
+    snap = snapshot(db, batch_id, PREVIEW_ROWS, policy)
+    yield settled_report(snap, written, said, problems).result()
 
     # After the money: a slow download never holds up a settlement.
     archived = archive_videos(
@@ -200,7 +208,7 @@ def batch_lifecycle(
     )
     state = archive_state(db, [batch_id])[batch_id]
     with reading(db) as conn:
-        copies = batch_outcomes(conn, [batch_id])[batch_id]
+        copies = batch_outcomes(conn, [batch_id], policy=policy)[batch_id]
     yield archived_report(batch_id, state, copies, {}, archived).result()
 
 

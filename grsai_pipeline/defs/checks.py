@@ -73,14 +73,19 @@ def tasks_check(view: BatchView, outcomes: BatchOutcomes) -> dict[str, Any]:
         "description": (
             f"{failed} of {view.total_tasks} task(s) failed ({reasons}); "
             f"a backfill would retry {outcomes.retryable}"
+            + (f" ({outcomes.used_up} out of retries: final)" if outcomes.used_up else "")
             if failed
             else f"no task failed ({view.counts.get('succeeded', 0)} succeeded so far)"
         ),
         "metadata": {
             "tasks_failed": failed,
             "failed_tasks_a_backfill_would_retry": outcomes.retryable,
+            "failed_tasks_out_of_retries": outcomes.used_up,
             "failures_by_reason": dg.MetadataValue.json(
-                {g.reason: {"tasks": g.tasks, "retryable": g.retryable} for g in outcomes.failures}
+                {
+                    g.reason: {"tasks": g.tasks, "retryable": g.retryable, "used_up": g.used_up}
+                    for g in outcomes.failures
+                }
             ),
         },
     }

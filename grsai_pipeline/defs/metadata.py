@@ -26,6 +26,7 @@ def batch_metadata(view: BatchView, outcomes: BatchOutcomes | None = None) -> di
         "credits_charged": view.charged_credits,
         "credits_refunded": view.refunded_credits,
         "possible_duplicates": view.possible_duplicates,
+        "tasks_retried_by_backfill": view.retried_by_backfill,
         "dagster/row_count": view.total_tasks,
     }
     if outcomes is not None:
@@ -38,10 +39,18 @@ def batch_metadata(view: BatchView, outcomes: BatchOutcomes | None = None) -> di
 def outcome_metadata(outcomes: BatchOutcomes) -> dict[str, Any]:
     """Failures grouped by reason with what a backfill would retry, and links to the first
     videos (their archived copies once made)."""
-    metadata: dict[str, Any] = {"failed_tasks_a_backfill_would_retry": outcomes.retryable}
+    metadata: dict[str, Any] = {
+        "failed_tasks_a_backfill_would_retry": outcomes.retryable,
+        "failed_tasks_out_of_retries": outcomes.used_up,
+    }
     if outcomes.failures:
         rows = [
-            {"reason": g.reason, "tasks": g.tasks, "a backfill retries": g.retryable}
+            {
+                "reason": g.reason,
+                "tasks": g.tasks,
+                "a backfill retries": g.retryable,
+                "out of retries (final)": g.used_up,
+            }
             for g in outcomes.failures
         ]
         metadata["failures_by_reason"] = dg.MetadataValue.md(
@@ -72,6 +81,7 @@ def tasks_preview(view: BatchView) -> str:
             "status": task.status,
             "model": task.model,
             "progress": task.progress,
+            "reservation": task.reservation,
             "attempts": task.attempts,
             "result": _short(task.video_url or task.error_message or ""),
         }

@@ -45,6 +45,7 @@ from grsai_pipeline.defs.reports import (
 )
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import REPOLL_JOB
+from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.work import open_batches_worker
@@ -152,7 +153,7 @@ def repoll_open_batches_op(
     archiver = threading.Thread(target=archive, name="repoll-archive", daemon=True)
     archiver.start()
     totals, reported = _Totals(), set[str]()
-    yield from _unreported_settlements(context, app_db)
+    yield from _unreported_settlements(context, app_db, settings.retry_policy)
     try:
         while (report := reports.get()) is not None:
             if isinstance(report, RunStopped | SettingsError):
@@ -160,12 +161,12 @@ def repoll_open_batches_op(
             if isinstance(report, BaseException):
                 raise report
             totals.add(report)
-            yield from _batch_events(context, app_db, report, reported)
+            yield from _batch_events(context, app_db, settings.retry_policy, report, reported)
     finally:
         stop.set()
         engine.join()
         archiver.join()
-    yield from _archive_events(context, app_db, archived)
+    yield from _archive_events(context, app_db, settings.retry_policy, archived)
     context.log.info(
         f"followed {len(totals.batches)} batch(es): {totals.polls} polls, {totals.submits} submits"
     )
@@ -184,6 +185,7 @@ def repoll_open_batches_op(
 def _batch_events(
     context: dg.OpExecutionContext,
     app_db: AppDatabase,
+    policy: RetryPolicy,
     report: EngineReport,
     reported: set[str],
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
@@ -205,7 +207,7 @@ def _batch_events(
     if not touched:
         return
     _ensure_partitions(context.instance, touched)
-    snaps = snapshots(app_db.engine(), touched)
+    snaps = snapshots(app_db.engine(), touched, policy)
     missing = succeeded_without_video_in(app_db.engine(), sorted(ended))
     extra = {"repoll_run": context.run_id}
     for batch_id in touched:
@@ -225,7 +227,7 @@ def _settled_events(
 
 
 def _unreported_settlements(
-    context: dg.OpExecutionContext, app_db: AppDatabase
+    context: dg.OpExecutionContext, app_db: AppDatabase, policy: RetryPolicy
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """``settled_ledger`` for each batch settled in the last ``UNREPORTED_WITHIN`` that has no
     materialization of it yet."""
@@ -239,13 +241,16 @@ def _unreported_settlements(
         return
     context.log.info(f"{len(missing)} settled batch(es) had no settled_ledger event: reported")
     _ensure_partitions(context.instance, missing)
-    snaps = snapshots(app_db.engine(), missing)
+    snaps = snapshots(app_db.engine(), missing, policy)
     for batch_id in missing:
         yield from _settled_events(app_db, snaps[batch_id], {"repoll_run": context.run_id})
 
 
 def _archive_events(
-    context: dg.OpExecutionContext, app_db: AppDatabase, reports: list[ArchiveReport]
+    context: dg.OpExecutionContext,
+    app_db: AppDatabase,
+    policy: RetryPolicy,
+    reports: list[ArchiveReport],
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """An ``archived_videos`` materialization and check per batch whose videos were copied
     (or found expired) by this run."""
@@ -255,7 +260,7 @@ def _archive_events(
     _ensure_partitions(context.instance, touched)
     states = archive_state(app_db.engine(), touched)
     with reading(app_db.engine()) as conn:
-        outcomes = batch_outcomes(conn, touched)
+        outcomes = batch_outcomes(conn, touched, policy=policy)
     extra = {"repoll_run": context.run_id}
     for batch_id in touched:
         yield from archived_report(batch_id, states[batch_id], outcomes[batch_id], extra).events()

@@ -26,6 +26,7 @@ from grsai_pipeline.defs.checks import (
     video_check,
 )
 from grsai_pipeline.defs.metadata import batch_metadata, video_links
+from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.store.archives import ArchiveState
 from grsai_pipeline.store.batches import BatchView, read_batch, read_batches
 from grsai_pipeline.store.db import reading
@@ -45,18 +46,21 @@ class BatchSnapshot:
     outcomes: BatchOutcomes
 
 
-def snapshot(db: Database, batch_id: str, preview_rows: int) -> BatchSnapshot:
-    """One batch with a preview of its first tasks (a batch's own run)."""
+def snapshot(db: Database, batch_id: str, preview_rows: int, policy: RetryPolicy) -> BatchSnapshot:
+    """One batch with a preview of its first tasks (a batch's own run); what a backfill would
+    retry as ``policy`` bounds it."""
     with reading(db) as conn:
         view = read_batch(conn, batch_id, task_limit=preview_rows)
-        return BatchSnapshot(view, batch_outcomes(conn, [batch_id])[batch_id])
+        return BatchSnapshot(view, batch_outcomes(conn, [batch_id], policy=policy)[batch_id])
 
 
-def snapshots(db: Database, batch_ids: Sequence[str]) -> dict[str, BatchSnapshot]:
+def snapshots(
+    db: Database, batch_ids: Sequence[str], policy: RetryPolicy
+) -> dict[str, BatchSnapshot]:
     """Many batches in one read, without task previews (the re-polling run, thousands)."""
     with reading(db) as conn:
         views = read_batches(conn, batch_ids)
-        outcomes = batch_outcomes(conn, batch_ids)
+        outcomes = batch_outcomes(conn, batch_ids, policy=policy)
     return {b: BatchSnapshot(views[b], outcomes[b]) for b in batch_ids}
 
 

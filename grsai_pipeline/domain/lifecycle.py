@@ -5,9 +5,10 @@ backfill) applies what this returns, and nothing else moves a task.
 Events: a submit's outcome (:class:`Accepted`, :class:`Rejected`, :class:`SubmitFailed`,
 :class:`NotSent`), an answer about the remote task from a poll or a callback
 (:class:`Answered`), a stored row that breaks a rule of SPEC 2 (:class:`FoundInvalid`), a retry
-by backfill with a new reservation (:class:`RetriedByBackfill`) or one the balance cannot cover
-(:class:`RetryRefused`), a cancel (:class:`Cancelled`), and the intake of a task a web app
-wrote as a row (:class:`TakenIn`: priced, or refused before anything is sent).
+by backfill with a new reservation (:class:`RetriedByBackfill`), one the balance cannot cover
+(:class:`RetryRefused`) or one past the limit (:class:`RetriesExhausted`), a cancel
+(:class:`Cancelled`), and the intake of a task a web app wrote as a row (:class:`TakenIn`:
+priced, or refused before anything is sent).
 
 A :class:`Transition` names the fields that change (SPEC 1's column names) and what the row
 must still be for the change to apply; the store turns that guard into its WHERE clause, so a
@@ -118,7 +119,18 @@ class FoundInvalid:
 
 @dataclass(frozen=True)
 class RetriedByBackfill:
-    """A run or backfill of a settled batch starts a new reservation for this failed task."""
+    """A run or backfill of a settled batch starts a new reservation for this failed task:
+    its ``reservation``-th."""
+
+    reservation: int
+
+
+@dataclass(frozen=True)
+class RetriesExhausted:
+    """A retryable failure whose task was retried by backfill ``retries`` times, the limit
+    (``RetryPolicy.max_backfill_retries``): it stays failed for good, and says so."""
+
+    retries: int
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,7 @@ Event = (
     | Answered
     | FoundInvalid
     | RetriedByBackfill
+    | RetriesExhausted
     | RetryRefused
     | Cancelled
     | TakenIn
@@ -191,7 +204,15 @@ def decide(
     if isinstance(event, Answered):
         return _after_answer(task, event, now, policy)
     if isinstance(event, RetriedByBackfill):
-        return Transition(task.id, _RETRY_FIELDS, FAILED, event=event)
+        change = _RETRY_FIELDS | {"reservation": event.reservation}
+        return Transition(task.id, change, FAILED, event=event)
+    if isinstance(event, RetriesExhausted):
+        final = f"(final: retried by backfill {event.retries} time(s), the limit)"
+        if (task.error_message or "").endswith(final):
+            return None
+        message = f"{task.error_message} {final}" if task.error_message else final
+        change = {"error_message": message, "failure_kind": FailureKind.RETRIES_EXHAUSTED.value}
+        return Transition(task.id, change, FAILED, event=event)
     if isinstance(event, RetryRefused):
         message = (
             f"{INSUFFICIENT_CREDITS_PREFIX} a retry needs {event.needed} credits but the balance"

@@ -47,6 +47,8 @@ class FailureKind(StrEnum):
     CANCELLED = "cancelled"
     # A batch written as rows that the balance could not cover: refused whole, never sent.
     INSUFFICIENT_CREDITS = "insufficient_credits"
+    # A retryable failure retried by backfill as often as GRSAI_MAX_BACKFILL_RETRIES allows.
+    RETRIES_EXHAUSTED = "retries_exhausted"
 
 
 # Resubmitted inside one reservation while attempts remain (SPEC 3).
@@ -132,7 +134,14 @@ class RetryPolicy:
     max_task_retries: int = 2
     not_found_grace_s: float = 120.0
     task_timeout_s: float = 3600.0
+    # Retries by backfill per task (issue 24): each is a new reservation of the task.
+    max_backfill_retries: int = 3
 
     def may_retry(self, attempts: int) -> bool:
         """``attempts`` submits have been made; another is allowed while it is at most the limit."""
         return attempts <= self.max_task_retries
+
+    def may_retry_by_backfill(self, reservation: int) -> bool:
+        """A task in its ``reservation``-th reservation has been retried by backfill
+        ``reservation - 1`` times; once more is allowed while that is under the limit."""
+        return reservation <= self.max_backfill_retries

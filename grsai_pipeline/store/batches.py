@@ -194,6 +194,8 @@ class TaskView:
     video_bytes: int | None
     video_sha256: str | None
     archive_error: str | None
+    # 1 for the task's first reservation, one more per retry by backfill.
+    reservation: int
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,8 @@ class BatchView:
     # Submits that may have reached the API twice (a claim taken over from a dead runner, an
     # answer lost on the wire: store/tasks.py); 0 in a quiet life.
     possible_duplicates: int
+    # Tasks in a reservation after their first: retried by backfill at least once.
+    retried_by_backfill: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     tasks: list[TaskView] = field(default_factory=list)
 
@@ -270,6 +274,7 @@ def read_batch(
             video_tasks.c.video_bytes,
             video_tasks.c.video_sha256,
             video_tasks.c.archive_error,
+            video_tasks.c.reservation,
         )
         .where(video_tasks.c.batch_job_id == batch_id)
         .order_by(video_tasks.c.batch_index)
@@ -298,6 +303,7 @@ def _read_chunk(conn: Connection, batch_ids: list[str]) -> dict[str, BatchView]:
             sa.func.count(),
             sa.func.sum(done),
             sa.func.sum(t.possible_duplicates),
+            sa.func.sum(sa.case((t.reservation > 1, 1), else_=0)),
         )
         .where(t.batch_job_id.in_(batch_ids))
         .group_by(t.batch_job_id, t.status)
@@ -305,10 +311,12 @@ def _read_chunk(conn: Connection, batch_ids: list[str]) -> dict[str, BatchView]:
     counts: dict[str, dict[str, int]] = {b: dict.fromkeys(TASK_STATUSES, 0) for b in batch_ids}
     percent: dict[str, int] = dict.fromkeys(batch_ids, 0)
     duplicates: dict[str, int] = dict.fromkeys(batch_ids, 0)
-    for batch_id, status, count, status_percent, status_duplicates in conn.execute(count_query):
+    retried: dict[str, int] = dict.fromkeys(batch_ids, 0)
+    for batch_id, status, count, status_percent, dups, status_retried in conn.execute(count_query):
         counts[batch_id][TaskStatus.PENDING.value if status == QUEUED else status] += count
         percent[batch_id] += int(status_percent or 0)
-        duplicates[batch_id] += int(status_duplicates or 0)
+        duplicates[batch_id] += int(dups or 0)
+        retried[batch_id] += int(status_retried or 0)
     views = {}
     for batch in conn.execute(sa.select(batch_jobs).where(batch_jobs.c.id.in_(batch_ids))):
         total = sum(counts[batch.id].values())
@@ -326,6 +334,7 @@ def _read_chunk(conn: Connection, batch_ids: list[str]) -> dict[str, BatchView]:
             error_message=batch.error_message,
             progress_percent=round(percent[batch.id] / total, 1) if total else 100.0,
             possible_duplicates=duplicates[batch.id],
+            retried_by_backfill=retried[batch.id],
             counts=counts[batch.id],
         )
     return views

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from grsai_pipeline.domain.states import BACKFILL_RETRYABLE, TaskStatus
+from grsai_pipeline.domain.states import BACKFILL_RETRYABLE, FailureKind, RetryPolicy, TaskStatus
 from grsai_pipeline.store.schema import batch_jobs, video_tasks
 
 # Longer "reasons" are an API's free text, not a category: they are grouped by failure kind.
@@ -23,6 +23,8 @@ class FailureGroup:
     tasks: int
     # How many of them a run or backfill of the settled batch would reserve and submit again.
     retryable: int
+    # Retryable by kind, but retried by backfill as often as GRSAI_MAX_BACKFILL_RETRIES allows.
+    used_up: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class BatchOutcomes:
     def retryable(self) -> int:
         return sum(group.retryable for group in self.failures)
 
+    @property
+    def used_up(self) -> int:
+        return sum(group.used_up for group in self.failures)
+
 
 def failure_reason(error_message: str | None, failure_kind: str | None) -> str:
     """A failure's category: its message up to the first ':' (``INVALID_INPUT``,
@@ -56,17 +62,20 @@ def failure_reason(error_message: str | None, failure_kind: str | None) -> str:
 
 
 def batch_outcomes(
-    conn: Connection, batch_ids: Sequence[str], *, videos: int = 5
+    conn: Connection, batch_ids: Sequence[str], *, policy: RetryPolicy, videos: int = 5
 ) -> dict[str, BatchOutcomes]:
-    """Each batch's failures by reason (largest first) and its first ``videos`` videos (the
-    archived copy when there is one), a few queries however many batches."""
+    """Each batch's failures by reason (largest first), with what a backfill would retry under
+    ``policy``, and its first ``videos`` videos (the archived copy when there is one), a few
+    queries however many batches."""
     found: dict[str, BatchOutcomes] = {}
     for start in range(0, len(batch_ids), CHUNK):
-        found |= _read_chunk(conn, list(batch_ids[start : start + CHUNK]), videos)
+        found |= _read_chunk(conn, list(batch_ids[start : start + CHUNK]), policy, videos)
     return found
 
 
-def _read_chunk(conn: Connection, batch_ids: list[str], videos: int) -> dict[str, BatchOutcomes]:
+def _read_chunk(
+    conn: Connection, batch_ids: list[str], policy: RetryPolicy, videos: int
+) -> dict[str, BatchOutcomes]:
     t = video_tasks.c
     cancelled = set(
         conn.scalars(
@@ -77,17 +86,20 @@ def _read_chunk(conn: Connection, batch_ids: list[str], videos: int) -> dict[str
     )
     retryable_kinds = {kind.value for kind in BACKFILL_RETRYABLE}
     groups: dict[str, dict[str, list[int]]] = {b: {} for b in batch_ids}
+    in_bound = (t.reservation <= policy.max_backfill_retries).label("in_bound")
     failed = (
-        sa.select(t.batch_job_id, t.failure_kind, t.error_message, sa.func.count())
+        sa.select(t.batch_job_id, t.failure_kind, t.error_message, in_bound, sa.func.count())
         .where(t.batch_job_id.in_(batch_ids), t.status == TaskStatus.FAILED.value)
-        .group_by(t.batch_job_id, t.failure_kind, t.error_message)
+        .group_by(t.batch_job_id, t.failure_kind, t.error_message, in_bound)
     )
-    for batch_id, kind, message, count in conn.execute(failed):
-        tally = groups[batch_id].setdefault(failure_reason(message, kind), [0, 0])
+    for batch_id, kind, message, bound, count in conn.execute(failed):
+        tally = groups[batch_id].setdefault(failure_reason(message, kind), [0, 0, 0])
         tally[0] += count
-        # A backfill retries these kinds, and never anything of a cancelled batch.
+        # A backfill retries these kinds, up to the limit, and nothing of a cancelled batch.
         if kind in retryable_kinds and batch_id not in cancelled:
-            tally[1] += count
+            tally[1 if bound else 2] += count
+        elif kind == FailureKind.RETRIES_EXHAUSTED:
+            tally[2] += count
     links: dict[str, list[VideoLink]] = {b: [] for b in batch_ids}
     if videos > 0:
         order = sa.func.row_number().over(partition_by=t.batch_job_id, order_by=t.batch_index)
@@ -106,7 +118,7 @@ def _read_chunk(conn: Connection, batch_ids: list[str], videos: int) -> dict[str
     return {
         batch_id: BatchOutcomes(
             failures=sorted(
-                (FailureGroup(reason, n, retry) for reason, (n, retry) in groups[batch_id].items()),
+                (FailureGroup(reason, *tally) for reason, tally in groups[batch_id].items()),
                 key=lambda g: (-g.tasks, g.reason),
             ),
             videos=links[batch_id],

@@ -104,6 +104,9 @@ video_tasks = sa.Table(
     # Ours: when the pipeline priced the task from the price table (at ``batch create``, or at
     # the intake of a batch written as rows); a task never priced is never claimed, never sent.
     sa.Column("priced_at", UtcDateTime, nullable=True),
+    # Ours: the task's reservation, 1 for its first and one more per retry by backfill (the
+    # ledger's ``reservation`` of its entries), bounded by GRSAI_MAX_BACKFILL_RETRIES.
+    sa.Column("reservation", sa.Integer, nullable=False, server_default="1"),
     sa.UniqueConstraint("batch_job_id", "batch_index", name="uq_video_tasks_batch_index"),
     sa.CheckConstraint(
         "status IN ('pending', 'queued', 'processing', 'succeeded', 'failed')", name="status_known"

@@ -15,6 +15,7 @@ from grsai_pipeline.domain.lifecycle import (
     NotSent,
     Rejected,
     RetriedByBackfill,
+    RetriesExhausted,
     RetryRefused,
     SubmitFailed,
     TaskState,
@@ -352,7 +353,7 @@ def test_a_task_once_accepted_is_judged_by_its_new_state() -> None:
 def test_a_retry_by_backfill_starts_the_failed_task_afresh() -> None:
     task = TaskState("task-1", "failed", attempts=3, grsai_task_id="remote-1", progress=70)
 
-    transition = decide(task, RetriedByBackfill(), now=NOW, policy=POLICY)
+    transition = decide(task, RetriedByBackfill(reservation=2), now=NOW, policy=POLICY)
 
     assert transition is not None
     assert transition.when_status == frozenset({"failed"})
@@ -366,7 +367,21 @@ def test_a_retry_by_backfill_starts_the_failed_task_afresh() -> None:
         "video_url": None,
         "error_message": None,
         "failure_kind": None,
+        "reservation": 2,
     }
+
+
+def test_a_task_out_of_backfill_retries_says_its_failure_is_final_once() -> None:
+    task = TaskState("task-1", "failed", error_message="error: upstream crashed")
+
+    final = decide(task, RetriesExhausted(retries=3), now=NOW, policy=POLICY)
+
+    assert final is not None and final.when_status == frozenset({"failed"})
+    message = "error: upstream crashed (final: retried by backfill 3 time(s), the limit)"
+    assert final.change == {"error_message": message, "failure_kind": "retries_exhausted"}
+    written = TaskState("task-1", "failed", error_message=message)
+    assert decide(written, RetriesExhausted(retries=3), now=NOW, policy=POLICY) is None
+    assert POLICY.may_retry_by_backfill(3) and not POLICY.may_retry_by_backfill(4)
 
 
 def test_a_refused_retry_says_why_once() -> None:

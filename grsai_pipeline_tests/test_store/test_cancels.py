@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from grsai_pipeline.domain.lifecycle import Accepted, Answered, NotSent, TaskState
-from grsai_pipeline.domain.states import RemoteResult
+from grsai_pipeline.domain.states import RemoteResult, RetryPolicy
 from grsai_pipeline.store.cancels import cancel_batch, sweep_cancelled
 from grsai_pipeline.store.retries import retry_failed_tasks
 from grsai_pipeline.store.runners import Heartbeat
@@ -119,7 +119,7 @@ def test_a_settled_or_cancelled_batch_is_left_as_it_is_and_never_retried(
 
     assert again.unchanged is not None and "already cancelled" in again.unchanged
     assert too_late.unchanged is not None and "already settled" in too_late.unchanged
-    assert retry_failed_tasks(engine, cancelled_id).retried == 0
+    assert retry_failed_tasks(engine, cancelled_id, RetryPolicy()).retried == 0
     assert table_snapshot(engine) == before
     # The settled batch's timed-out task is still retried by a backfill, as before.
-    assert retry_failed_tasks(engine, settled_id).retried == 1
+    assert retry_failed_tasks(engine, settled_id, RetryPolicy()).retried == 1

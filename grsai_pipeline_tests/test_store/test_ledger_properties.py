@@ -828,7 +828,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def _retry(self, batch_id: str) -> None:
         """What retry_failed_tasks does: a settled batch retries its retryable failures."""
         batch = self.model[batch_id]
-        started = retry_failed_tasks(self.engine, batch_id)
+        started = retry_failed_tasks(self.engine, batch_id, RetryPolicy())
         retried = credits = short = 0
         if batch.status == "settled" and not batch.cancelled:
             entries = []

@@ -8,10 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 from grsai_pipeline.domain.pricing import PriceTable
+from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.errors import UnknownBatch
 from grsai_pipeline.store.accounts import grant_credits
 from grsai_pipeline.store.batches import create_batch
-from grsai_pipeline.store.retries import retry_failed_tasks
+from grsai_pipeline.store.retries import batches_to_retry, retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,
@@ -69,7 +70,7 @@ def test_a_settled_batch_retries_retryable_failures_with_a_new_reservation(
     untouched_before = [task_row(engine, i) for i in ids[2:]]
     ledger_before = ledger_of(engine, batch_id)
 
-    started = retry_failed_tasks(engine, batch_id)
+    started = retry_failed_tasks(engine, batch_id, RetryPolicy())
 
     assert (started.retried, started.retry_credits, started.short_of_credits) == (2, 25, 0)
     assert ledger_of(engine, batch_id) == [
@@ -91,7 +92,7 @@ def test_a_settled_batch_retries_retryable_failures_with_a_new_reservation(
 
 def test_a_retried_batch_settles_again_and_numbers_each_reservation(engine: sa.Engine) -> None:
     batch_id, ids = _settled_with_failures(engine)
-    retry_failed_tasks(engine, batch_id)
+    retry_failed_tasks(engine, batch_id, RetryPolicy())
     succeed(engine, ids[0])
     fail(engine, ids[1], "submit_exhausted", "SUBMIT_FAILED: again")
 
@@ -104,7 +105,7 @@ def test_a_retried_batch_settles_again_and_numbers_each_reservation(engine: sa.E
     assert money(engine, "alice") == (300 - 20, 0)
     assert_ledger_invariants(engine)
 
-    third = retry_failed_tasks(engine, batch_id)
+    third = retry_failed_tasks(engine, batch_id, RetryPolicy())
 
     assert (third.retried, third.retry_credits) == (1, 15)
     assert ledger_of(engine, batch_id)[-1] == ("reserve", ids[1], 3, 15)
@@ -132,7 +133,7 @@ def test_a_retry_the_balance_cannot_cover_stays_failed_and_says_so_once(
     settled_at = batch_row(engine, batch_id)["settled_at"]
     entries = ledger_count(engine)
 
-    started = retry_failed_tasks(engine, batch_id)
+    started = retry_failed_tasks(engine, batch_id, RetryPolicy())
 
     assert (started.retried, started.retry_credits, started.short_of_credits) == (0, 0, 1)
     task = task_row(engine, failed)
@@ -147,7 +148,7 @@ def test_a_retry_the_balance_cannot_cover_stays_failed_and_says_so_once(
     # A second run short of credits has nothing new to say, and writes nothing.
     before = table_snapshot(engine)
 
-    again = retry_failed_tasks(engine, batch_id)
+    again = retry_failed_tasks(engine, batch_id, RetryPolicy())
 
     assert (again.retried, again.short_of_credits) == (0, 1)
     assert table_snapshot(engine) == before
@@ -158,10 +159,10 @@ def test_a_refused_retry_follows_the_balance_and_goes_ahead_once_it_is_covered(
     engine: sa.Engine,
 ) -> None:
     batch_id, failed = _settled_short_of_credits(engine)
-    retry_failed_tasks(engine, batch_id)
+    retry_failed_tasks(engine, batch_id, RetryPolicy())
     grant_credits(engine, "alice", 5)
 
-    still_short = retry_failed_tasks(engine, batch_id)
+    still_short = retry_failed_tasks(engine, batch_id, RetryPolicy())
 
     assert (still_short.retried, still_short.short_of_credits) == (0, 1)
     assert task_row(engine, failed)["error_message"] == (
@@ -169,7 +170,7 @@ def test_a_refused_retry_follows_the_balance_and_goes_ahead_once_it_is_covered(
     )
     grant_credits(engine, "alice", 35)
 
-    covered = retry_failed_tasks(engine, batch_id)
+    covered = retry_failed_tasks(engine, batch_id, RetryPolicy())
 
     assert (covered.retried, covered.retry_credits, covered.short_of_credits) == (1, 40, 0)
     assert task_row(engine, failed)["status"] == "pending"
@@ -188,7 +189,7 @@ def test_a_short_balance_retries_what_it_covers_in_index_order(engine: sa.Engine
     create_batch(engine, "alice", [VEO_FLASH], PriceTable())  # balance 35 -> 15
     assert money(engine, "alice") == (15, 20)
 
-    started = retry_failed_tasks(engine, batch_id)
+    started = retry_failed_tasks(engine, batch_id, RetryPolicy())
 
     # 15 covers index 0 (15) and then nothing else (10 each).
     assert (started.retried, started.retry_credits, started.short_of_credits) == (1, 15, 2)
@@ -205,7 +206,7 @@ def test_a_fully_succeeded_settled_batch_is_left_exactly_as_it_is(engine: sa.Eng
     settle_batch(engine, batch_id)
     before = table_snapshot(engine)
 
-    started = retry_failed_tasks(engine, batch_id)
+    started = retry_failed_tasks(engine, batch_id, RetryPolicy())
 
     assert table_snapshot(engine) == before
     assert (started.retried, started.retry_credits, started.short_of_credits) == (0, 0, 0)
@@ -217,13 +218,13 @@ def test_an_unsettled_batch_retries_nothing(engine: sa.Engine) -> None:
     fail(engine, ids[0], "error")  # final, but the batch has not settled yet
     before = table_snapshot(engine)
 
-    assert retry_failed_tasks(engine, batch_id).retried == 0
+    assert retry_failed_tasks(engine, batch_id, RetryPolicy()).retried == 0
     assert table_snapshot(engine) == before
 
 
 def test_retrying_an_unknown_batch_raises_unknown_batch(engine: sa.Engine) -> None:
     with pytest.raises(UnknownBatch):
-        retry_failed_tasks(engine, "no-such-batch")
+        retry_failed_tasks(engine, "no-such-batch", RetryPolicy())
     assert ledger_kinds(engine, "no-such-batch") == {}
 
 
@@ -237,10 +238,59 @@ def test_overlapping_runs_retrying_at_once_reserve_each_retry_once(engine: sa.En
         succeed(engine, ids[2])
         settle_batch(engine, batch_id)
 
-        results = run_together([lambda b=batch_id: retry_failed_tasks(engine, b)] * 2)
+        results = run_together(
+            [lambda b=batch_id: retry_failed_tasks(engine, b, RetryPolicy())] * 2
+        )
 
         assert sorted(r.retried for r in results) == [0, 2]
         second_reserves = [e for e in ledger_of(engine, batch_id) if e[2] == 2]
         assert second_reserves == [("reserve", ids[0], 2, 10), ("reserve", ids[1], 2, 20)]
         assert money(engine, user) == (100 - 10 - 30, 30)
     assert_ledger_invariants(engine)
+
+
+def test_a_task_is_retried_by_backfill_at_most_the_limit_then_its_failure_is_final(
+    engine: sa.Engine,
+) -> None:
+    """Issue 24: each retry is a reservation (video_tasks.reservation, the ledger's number);
+    after ``max_backfill_retries`` of them the failure is final, says so, and costs nothing."""
+    policy = RetryPolicy(max_backfill_retries=2)
+    batch_id, ids = _settled_with_failures(engine)
+    for reservation in (2, 3):
+        started = retry_failed_tasks(engine, batch_id, policy)
+        assert (started.retried, started.final) == (2, 0)
+        assert task_row(engine, ids[0])["reservation"] == reservation
+        reserves = [e for e in ledger_of(engine, batch_id) if e[:2] == ("reserve", ids[0])]
+        assert reserves[-1][2] == reservation
+        fail(engine, ids[0], "error", "error: generation failed")
+        fail(engine, ids[1], "submit_exhausted", "SUBMIT_FAILED: HTTP 503")
+        assert settle_batch(engine, batch_id).settled
+    assert batches_to_retry(engine) == [batch_id]  # its failures are to be marked final
+    ledger_before = ledger_count(engine)
+
+    third = retry_failed_tasks(engine, batch_id, policy)
+    again = retry_failed_tasks(engine, batch_id, policy)
+
+    assert (third.retried, third.final, third.retry_credits) == (0, 2, 0)
+    assert again.final == 0  # final already: nothing left to retry or mark
+    assert ledger_count(engine) == ledger_before
+    message = task_row(engine, ids[0])["error_message"]
+    assert message == "error: generation failed (final: retried by backfill 2 time(s), the limit)"
+    assert task_row(engine, ids[0])["status"] == "failed"
+    assert task_row(engine, ids[0])["failure_kind"] == "retries_exhausted"
+    assert batches_to_retry(engine) == []
+    assert_ledger_invariants(engine)
+
+
+def test_batches_to_retry_are_the_settled_ones_with_a_retryable_failure(engine: sa.Engine) -> None:
+    retryable, _ = _settled_with_failures(engine)
+    moderated = new_batch(engine, [sora("flagged")], credits=100)
+    fail(engine, task_ids(engine, moderated)[0], "input_moderation", "input_moderation: nsfw")
+    clean = new_batch(engine, [sora("fine")], credits=100)
+    succeed(engine, task_ids(engine, clean)[0])
+    running = new_batch(engine, [sora("later"), sora("now")], credits=100)
+    fail(engine, task_ids(engine, running)[1], "error", "error: generation failed")
+    for batch_id in (moderated, clean, running):
+        settle_batch(engine, batch_id)
+
+    assert batches_to_retry(engine) == [retryable]

@@ -24,7 +24,7 @@ from grsai_pipeline.domain.lifecycle import (
     decide,
 )
 from grsai_pipeline.domain.pricing import PriceTable
-from grsai_pipeline.domain.states import RemoteResult
+from grsai_pipeline.domain.states import RemoteResult, RetryPolicy
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.intake import take_in_batch
 from grsai_pipeline.store.retries import retry_failed_tasks
@@ -310,7 +310,7 @@ def test_an_invalid_row_another_writer_reserved_fails_at_intake_and_is_refunded(
     assert_ledger_invariants(engine)
     # An invalid failure is never retried by a later run.
     before = table_snapshot(engine)
-    assert retry_failed_tasks(engine, batch_id).retried == 0
+    assert retry_failed_tasks(engine, batch_id, RetryPolicy()).retried == 0
     assert table_snapshot(engine) == before
 
 
