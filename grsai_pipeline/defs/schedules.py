@@ -40,19 +40,25 @@ def repoll_processing_schedule(
     except (dg.Failure, GrsaiPipelineError) as exc:
         # Said in the tick, once a minute, instead of a run that fails every minute.
         reason = exc.description if isinstance(exc, dg.Failure) else str(exc)
-        return dg.SkipReason(f"cannot re-poll: {reason}")
+        return _skip(context, f"cannot re-poll: {reason}")
     if not open_ids:
-        return dg.SkipReason("no batch has unfinished tasks")
+        return _skip(context, "no batch has unfinished tasks")
     if settings.api_key is None or not settings.api_key.get_secret_value().strip():
-        return dg.SkipReason(
+        return _skip(
+            context,
             f"{len(open_ids)} open batch(es) wait: GRSAI_API_KEY is not set, so a re-polling "
             "run could not call the API. Set GRSAI_API_KEY (and GRSAI_BASE_URL for a "
             "simulator: `make dev` starts one when the key is unset) and restart the code "
-            "location."
+            "location.",
         )
     if repoll_run_due_for_relief(context.instance, HANDOVER_AFTER_S, live) is False:
-        return dg.SkipReason(f"the re-polling run is still at work ({len(open_ids)} batch(es))")
+        return _skip(context, f"the re-polling run is still at work ({len(open_ids)} batch(es))")
     tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else ""
     return dg.RunRequest(
         run_key=f"repoll:{tick}", tags={REPOLL_TAG: "all", TRIGGER_TAG: "schedule"}
     )
+
+
+def _skip(context: dg.ScheduleEvaluationContext, reason: str) -> dg.SkipReason:
+    context.log.info(reason)  # shown under the tick's "View logs", not only on hover
+    return dg.SkipReason(reason)

@@ -12,6 +12,13 @@ whatever state it is in (another engine may have settled it already: its run the
 it); a run the sensor started never retries failures, which is an operator's decision
 (``defs/assets.py``). With no ``GRSAI_API_KEY`` the sensor skips and says why, and takes the
 batches once the key is set.
+
+A partition that names no batch (added by hand in the UI: "Add partition") is removed by the
+next tick, with a log line (issue 24): its runs can only fail, and it would show every asset
+as failed. Each tick checks the partitions added after the last one it checked (the cursor
+names it; all of them again when that one is gone).
+Every tick that does something, or skips for a reason to act on, says so in its log ("View
+logs" on the tick); the idle "no new batch" shows on the tick only.
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
@@ -25,7 +32,7 @@ from grsai_pipeline.defs.jobs import batch_pipeline
 from grsai_pipeline.defs.partitions import BATCHES, batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import batch_run_tags
-from grsai_pipeline.store.batches import BatchHeader, batches_created_since
+from grsai_pipeline.store.batches import BatchHeader, batches_created_since, existing_batch_ids
 
 LOOKBACK = timedelta(minutes=10)
 MAX_NEW_PER_TICK = 1000
@@ -46,15 +53,18 @@ def new_batches_sensor(
     try:
         key = grsai.settings().api_key
     except dg.Failure as exc:
-        return dg.SkipReason(f"cannot start runs: {exc.description}")
+        return _skip(context, f"cannot start runs: {exc.description}")
     if key is None or not key.get_secret_value().strip():
         # The cursor stays: the batches are taken once the key is set.
-        return dg.SkipReason(
+        return _skip(
+            context,
             "new batches wait: GRSAI_API_KEY is not set, so their runs could not call the API."
             " Set GRSAI_API_KEY (and GRSAI_BASE_URL for a simulator: `make dev` starts one when"
-            " the key is unset) and restart the code location."
+            " the key is unset) and restart the code location.",
         )
     seen = _Cursor.parse(context.cursor)
+    partitions = list(context.instance.get_dynamic_partitions(BATCHES))
+    junk = _naming_no_batch(context, app_db, partitions, seen.last_partition)
     since = seen.high_water - LOOKBACK if seen.high_water else None
     new: list[BatchHeader] = []
     last: BatchHeader | None = None
@@ -67,10 +77,17 @@ def new_batches_sensor(
     if len(new) > MAX_NEW_PER_TICK:
         # Stop at the last batch taken, so the next tick's window still holds the rest.
         new, last = new[:MAX_NEW_PER_TICK], new[MAX_NEW_PER_TICK - 1]
-    cursor = seen.after(new, last).dump()
+    kept = [key for key in partitions if key not in set(junk)]
+    cursor = seen.after(new, last, last_partition=kept[-1] if kept else None).dump()
+    removals: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = (
+        [batches.build_delete_request(junk)] if junk else []
+    )
     if not new:
+        if removals:
+            return dg.SensorResult(cursor=cursor, dynamic_partitions_requests=removals)
+        # Not logged: a log is a file per tick in Dagster's compute log storage, every 5 s.
         return dg.SensorResult(cursor=cursor, skip_reason="no new batch")
-    known = set(context.instance.get_dynamic_partitions(BATCHES))
+    known = set(partitions)
     unpartitioned = [b.id for b in new if b.id not in known]
     runs = [
         dg.RunRequest(
@@ -87,19 +104,48 @@ def new_batches_sensor(
     return dg.SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=(
-            [batches.build_add_request(unpartitioned)] if unpartitioned else []
+            [batches.build_add_request(unpartitioned), *removals] if unpartitioned else removals
         ),
         cursor=cursor,
     )
 
 
+def _skip(context: dg.SensorEvaluationContext, reason: str) -> dg.SkipReason:
+    context.log.info(reason)  # shown under the tick's "View logs", not only on hover
+    return dg.SkipReason(reason)
+
+
+def _naming_no_batch(
+    context: dg.SensorEvaluationContext,
+    app_db: AppDatabase,
+    partitions: list[str],
+    last_checked: str | None,
+) -> list[str]:
+    """The partitions added after ``last_checked`` that name no batch (all of them when it is
+    gone: an operator removed it, so that none is skipped)."""
+    at = partitions.index(last_checked) + 1 if last_checked in partitions else 0
+    fresh = partitions[at:]
+    if not fresh:
+        return []
+    found = existing_batch_ids(app_db.engine(), fresh)
+    junk = [key for key in fresh if key not in found]
+    if junk:
+        context.log.info(
+            f"removing {len(junk)} partition(s) that name no batch (added by hand?): "
+            + ", ".join(junk[:10])
+            + (" ..." if len(junk) > 10 else "")
+        )
+    return junk
+
+
 @dataclass(frozen=True)
 class _Cursor:
-    """The newest ``created_at`` seen, and the batches requested within ``LOOKBACK`` of it
-    (id -> created_at)."""
+    """The newest ``created_at`` seen, the batches requested within ``LOOKBACK`` of it
+    (id -> created_at), and the last partition checked for naming a batch."""
 
     high_water: datetime | None
     requested: dict[str, str]
+    last_partition: str | None = None
 
     @classmethod
     def parse(cls, text: str | None) -> "_Cursor":
@@ -108,10 +154,18 @@ class _Cursor:
         if not text.startswith("{"):  # a cursor of an earlier version: the mark alone
             return cls(datetime.fromisoformat(text), {})
         data = json.loads(text)
-        return cls(datetime.fromisoformat(data["high_water"]), dict(data["requested"]))
+        mark = data.get("high_water")
+        return cls(
+            datetime.fromisoformat(mark) if mark else None,
+            dict(data.get("requested", {})),
+            data.get("last_partition"),
+        )
 
-    def after(self, new: list[BatchHeader], last: BatchHeader | None) -> "_Cursor":
-        """This cursor once ``new`` are requested and the window was read up to ``last``."""
+    def after(
+        self, new: list[BatchHeader], last: BatchHeader | None, *, last_partition: str | None
+    ) -> "_Cursor":
+        """This cursor once ``new`` are requested, the window was read up to ``last``, and
+        the partitions up to ``last_partition`` are known to name batches."""
         high_water = self.high_water
         if last is not None:
             high_water = max(high_water or last.created_at, last.created_at)
@@ -121,9 +175,15 @@ class _Cursor:
             requested = {
                 b: at for b, at in requested.items() if datetime.fromisoformat(at) >= oldest
             }
-        return _Cursor(high_water, requested)
+        return _Cursor(high_water, requested, last_partition)
 
     def dump(self) -> str | None:
-        if self.high_water is None:
+        if self.high_water is None and self.last_partition is None:
             return None
-        return json.dumps({"high_water": self.high_water.isoformat(), "requested": self.requested})
+        return json.dumps(
+            {
+                "high_water": self.high_water.isoformat() if self.high_water else None,
+                "requested": self.requested,
+                "last_partition": self.last_partition,
+            }
+        )

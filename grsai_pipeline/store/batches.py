@@ -380,6 +380,16 @@ def batches_created_since(
         ]
 
 
+def existing_batch_ids(engine: Engine, batch_ids: Sequence[str]) -> set[str]:
+    """Which of ``batch_ids`` name a batch (chunked: any number of ids)."""
+    found: set[str] = set()
+    with reading(engine) as conn:
+        for start in range(0, len(batch_ids), 500):
+            chunk = list(batch_ids[start : start + 500])
+            found |= set(conn.scalars(sa.select(batch_jobs.c.id).where(batch_jobs.c.id.in_(chunk))))
+    return found
+
+
 def settled_since(conn: Connection, since: datetime) -> list[str]:
     """Batches settled at or after ``since``, oldest settlement first."""
     query = (

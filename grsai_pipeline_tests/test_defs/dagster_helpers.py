@@ -59,7 +59,12 @@ def sensor_tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorRe
     )
     data = sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        keys = list(request.partition_keys)
+        if isinstance(request, dg.DeleteDynamicPartitionsRequest):
+            for key in keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+        else:
+            instance.add_dynamic_partitions(request.partitions_def_name, keys)
     return data
 
 

@@ -133,6 +133,31 @@ def test_the_sensor_skips_with_the_reason_when_no_api_key_is_set(
     assert [r.partition_key for r in sensor_tick(instance, tick.cursor).run_requests] == [batch_id]
 
 
+def test_a_partition_that_names_no_batch_is_removed_by_the_next_tick(
+    app_env, engine, instance
+) -> None:
+    """Issue 24: "Add partition" in the UI with a key that is no batch id: gone at the next
+    tick (with a log line), and the batches' own partitions stay."""
+    real = new_batch(engine, [TASK])
+    tick = sensor_tick(instance, None)
+    instance.add_dynamic_partitions("batches", ["6101d629", "not-a-batch"])
+
+    cleaned = sensor_tick(instance, tick.cursor)
+
+    assert set(instance.get_dynamic_partitions("batches")) == {real}
+    assert not cleaned.run_requests
+    later = new_batch(engine, [TASK])
+    instance.add_dynamic_partitions("batches", ["junk-again"])
+    after = sensor_tick(instance, cleaned.cursor)
+    assert [r.partition_key for r in after.run_requests] == [later]
+    assert set(instance.get_dynamic_partitions("batches")) == {real, later}
+    # An operator removed the last checked partition meanwhile: the next tick checks all.
+    instance.delete_dynamic_partition("batches", real)
+    instance.add_dynamic_partitions("batches", ["junk-3"])
+    sensor_tick(instance, after.cursor)
+    assert set(instance.get_dynamic_partitions("batches")) == {later}
+
+
 def make_processing(engine: sa.Engine, batch_id: str) -> None:
     with engine.begin() as conn:
         conn.execute(
