@@ -26,13 +26,14 @@ user + system seconds: the server process's from /proc/<pid>/stat (with its syst
 its threads' context switches per request from /proc/<pid>/task/*/status: handing the GIL from
 thread to thread shows there), the client's (this process, one thread, asyncio on uvloop) from
 getrusage, and "others": the whole machine's (/proc/stat) less those two, which on PostgreSQL
-is mostly its backends and otherwise is noise (the run prints how busy the machine was before
-it starts). The client is httpx over aiohttp's connection pool (``httpx-aiohttp``, as the
-product's own Grsai client): httpx's default pool costs the client about 3 ms of CPU per
-request at 32 connections, enough to make the client the bottleneck of the floor. "bound"
-names what was saturated: the CLIENT or the server at 90% of a core (one thread; one GIL),
-the cores at 90% of the machine. Where the client was, the requests per second are a floor of
-the server's, not its ceiling, and the run says so.
+is mostly its backends and otherwise is noise. Before each point the run waits, up to
+``--quiet-wait`` seconds, for a second in which the machine is idle; it prints how busy the
+machine was before it started. The client is httpx over aiohttp's connection pool
+(``httpx-aiohttp``, as the product's own Grsai client): httpx's default pool costs the client
+about 3 ms of CPU per request at 32 connections, enough to make the client the bottleneck of
+the floor. "bound" names what was saturated: the CLIENT or the server at 90% of a core (one
+thread; one GIL), the cores at 90% of the machine. Where the client was, the requests per
+second are a floor of the server's, not its ceiling, and the run says so.
 
 ``--profile`` does not start a server: it calls the same app (``create_app``) in this
 process through httpx's ASGI transport with FastAPI's thread pool replaced by a direct call,
@@ -72,6 +73,7 @@ PRICE = 10  # credits per sora-2 task of 10 s, the default price table
 CORES = os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")
 SATURATED = 0.9  # of one core: a single-threaded client, a server under one GIL
+QUIET = 0.15  # cores busy: a machine this busy is running nothing else that matters
 
 
 # --- CPU ------------------------------------------------------------------------------------
@@ -395,8 +397,9 @@ async def measure_http(args: argparse.Namespace, server: Server, token: str) -> 
             granted = await http.post(f"/v1/users/{user}/grants", json={"amount": 2**50})
             granted.raise_for_status()
 
-        def point(door: str, send: Send, expect: int, concurrency: int) -> Awaitable[Point]:
-            return drive(
+        async def point(door: str, send: Send, expect: int, concurrency: int) -> Point:
+            wait_quiet(args.quiet_wait)  # nothing in flight: blocking the loop is harmless
+            return await drive(
                 door,
                 send,
                 expect=expect,
@@ -502,6 +505,7 @@ def measure_cli(args: argparse.Namespace, env: dict[str, str], work: Path) -> li
     batch_file.write_text(json.dumps(batch_tasks(args.tasks)))
     cli(env, "credits", "grant", "bench-cli", str(2**50))
     create = [str(CLI), "batch", "create", str(batch_file), "--user", "bench-cli"]
+    wait_quiet(args.quiet_wait)
     found = [
         time_calls("grsai-pipeline --help", [str(CLI), "--help"], env, args.cli_calls),
         time_calls(
@@ -516,12 +520,25 @@ def measure_cli(args: argparse.Namespace, env: dict[str, str], work: Path) -> li
 # --- the table ------------------------------------------------------------------------------
 
 
+def wait_quiet(wait_s: float) -> None:
+    """Wait, up to ``wait_s``, until the machine has been idle for a second (the server too):
+    on a shared machine, someone else's burst should not land in a point."""
+    deadline = time.perf_counter() + wait_s
+    while time.perf_counter() < deadline:
+        before, started = machine_busy(), time.perf_counter()
+        time.sleep(1.0)
+        if (machine_busy() - before) / (time.perf_counter() - started) < QUIET:
+            return
+    if wait_s > 0:
+        print(f"    (the machine was still busy after {wait_s:g} s of waiting: measuring anyway)")
+
+
 def quiet_check() -> None:
     """How busy the machine is before the run: the figures assume nothing else runs."""
     before, started = machine_busy(), time.perf_counter()
     time.sleep(2)
     busy = (machine_busy() - before) / (time.perf_counter() - started)
-    warning = "" if busy < 0.15 else " - NOT QUIET: something else runs; figures will be low"
+    warning = "" if busy < QUIET else " - NOT QUIET: something else runs; figures will be low"
     print(f"before the run the machine was busy {busy:.2f} of {CORES} cores{warning}")
 
 
@@ -572,19 +589,18 @@ def find(points: list[Point], door: str, concurrency: int | None = None) -> list
 
 
 def ratios(run: Run, calls: list[Calls], args: argparse.Namespace) -> None:
-    """What the framework costs against the work, and the HTTP door against the CLI's."""
-    floor = find(run.points, "GET /healthz", 1)
-    floors = find(run.points, "GET /healthz")
+    """What the framework costs against the work, and the HTTP door against the CLI's. CPU per
+    request is compared at concurrency 1, where no thread waits for another."""
+    floor, floors = find(run.points, "GET /healthz", 1), find(run.points, "GET /healthz")
     if not floor or not floors:
         return
-    floor_ms = floor[0].quantile_ms(0.5)
-    floor_cpu = statistics.median(p.server_ms_per_request for p in floors)
+    floor_ms, floor_cpu = floor[0].quantile_ms(0.5), floor[0].server_ms_per_request
     floor_best = max(floors, key=lambda p: p.rate)
     print()
     print(
-        f"floor: GET /healthz p50 {floor_ms:.2f} ms at concurrency 1; at best"
-        f" {floor_best.rate:.0f} req/s (concurrency {floor_best.concurrency}); server CPU"
-        f" {floor_cpu:.2f} ms per request"
+        f"floor: GET /healthz at concurrency 1 p50 {floor_ms:.2f} ms, server CPU"
+        f" {floor_cpu:.2f} ms per request; at best {floor_best.rate:.0f} req/s (concurrency"
+        f" {floor_best.concurrency})"
     )
     doors = [
         ("POST /v1/batches", f"POST of {args.tasks:,} tasks"),
@@ -595,26 +611,35 @@ def ratios(run: Run, calls: list[Calls], args: argparse.Namespace) -> None:
         one, every = find(run.points, door, 1), find(run.points, door)
         if not one or not every:
             continue
-        best = max(every, key=lambda p: p.rate)
-        cpu = statistics.median(p.server_ms_per_request for p in every)
+        first, best, most = one[0], max(every, key=lambda p: p.rate), every[-1]
+        tasks = f" = {best.rate * args.tasks:,.0f} tasks/s" if name.startswith("POST") else ""
         print(
-            f"{name}: p50 {one[0].quantile_ms(0.5):.1f} ms at concurrency 1"
-            f" ({one[0].quantile_ms(0.5) / floor_ms:.0f}x the floor's); at best"
-            f" {best.rate:.1f} req/s (concurrency {best.concurrency},"
-            f" {best.rate / floor_best.rate:.3f}x the floor's best); server CPU {cpu:.2f} ms per"
-            f" request ({cpu / floor_cpu:.0f}x the floor's)"
+            f"{name}: at concurrency 1 p50 {first.quantile_ms(0.5):.1f} ms"
+            f" ({first.quantile_ms(0.5) / floor_ms:.0f}x the floor's), server CPU"
+            f" {first.server_ms_per_request:.2f} ms per request"
+            f" ({first.server_ms_per_request / floor_cpu:.0f}x the floor's); at best"
+            f" {best.rate:.1f} req/s{tasks} (concurrency {best.concurrency},"
+            f" {best.rate / floor_best.rate:.3f}x the floor's best); at concurrency"
+            f" {most.concurrency} server CPU {most.server_ms_per_request:.2f} ms per request"
+            f" ({most.server_ms_per_request / first.server_ms_per_request:.1f}x concurrency 1's),"
+            f" {most.server_switches / most.requests:.0f} context switches per request"
+            f" ({first.server_switches / first.requests:.0f} at 1)"
         )
-    posts, create = (
-        find(run.points, "POST /v1/batches", 1),
-        [c for c in calls if "create" in c.what],
-    )
+    posts = find(run.points, "POST /v1/batches", 1)
+    create = [c for c in calls if "create" in c.what]
     if posts and create:
-        post_ms = posts[0].quantile_ms(0.5)
+        post_ms, post_cpu = posts[0].quantile_ms(0.5), posts[0].server_ms_per_request
         create_ms = 1000 * quantile(create[0].wall_s, 0.5)
-        start_ms = 1000 * quantile(calls[0].wall_s, 0.5)
+        create_cpu = 1000 * statistics.median(create[0].cpu_s)
+        start_ms, start_cpu = (
+            1000 * quantile(calls[0].wall_s, 0.5),
+            statistics.median(calls[0].cpu_s),
+        )
         print(
-            f"CLI `batch create` p50 {create_ms:.0f} ms = {create_ms / post_ms:.1f}x the POST's"
-            f" p50 ({post_ms:.1f} ms); `grsai-pipeline --help` alone {start_ms:.0f} ms"
+            f"CLI `batch create`: p50 {create_ms:.0f} ms = {create_ms / post_ms:.1f}x the POST's"
+            f" p50 ({post_ms:.1f} ms), CPU {create_cpu:.0f} ms per call ="
+            f" {create_cpu / post_cpu:.1f}x the server's per POST; starting the command"
+            f" (`grsai-pipeline --help`) alone {start_ms:.0f} ms, {start_cpu:.2f} s CPU"
         )
     bound = [f"{p.door} at {p.concurrency}" for p in run.points if "CLIENT" in p.bound]
     if bound:
@@ -789,6 +814,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="measured, per point")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured, per point")
     parser.add_argument("--cli-calls", type=int, default=5, help="`batch create` calls")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine"
+    )
     parser.add_argument("--one-user", action="store_true", help="every POST by the same user")
     parser.add_argument("--profile", action="store_true", help="only the in-process profile")
     parser.add_argument("--profile-requests", type=int, default=20)
