@@ -17,6 +17,7 @@ from pydantic_settings import SettingsError as SourceParseError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from grsai_pipeline.domain.links import VideoLinks
 from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.errors import SettingsError
@@ -24,6 +25,8 @@ from grsai_pipeline.errors import SettingsError
 DEFAULT_BASE_URL = "https://grsaiapi.com"
 DEFAULT_DATABASE_URL = "sqlite:///grsai.db"
 DEFAULT_ARCHIVE_URL = "./videos"
+DEFAULT_LINK_TTL_S = 7 * 24 * 3600
+MIN_LINK_SECRET_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -62,6 +65,11 @@ class Settings(BaseSettings):
     archive_concurrency: int = Field(4, ge=1, le=64, alias="GRSAI_ARCHIVE_CONCURRENCY")
     # How long a batch's own run copies its videos after settling (0: the re-polling run does).
     archive_budget_s: float = Field(120.0, ge=0, alias="GRSAI_ARCHIVE_BUDGET_S")
+    # Signed links to archived videos through the HTTP API (GET /v1/videos/{task_id}): the key
+    # that signs them, the API's address as a browser reaches it, and how long a link lives.
+    link_secret: SecretStr | None = Field(None, alias="GRSAI_LINK_SECRET")
+    api_public_url: str | None = Field(None, alias="GRSAI_API_PUBLIC_URL")
+    link_ttl_s: int = Field(DEFAULT_LINK_TTL_S, ge=60, le=366 * 24 * 3600, alias="GRSAI_LINK_TTL_S")
 
     @field_validator("base_url")
     @classmethod
@@ -72,6 +80,20 @@ class Settings(BaseSettings):
     @classmethod
     def _app_url_is_http(cls, value: str | None) -> str | None:
         return None if not value else _http_url(value).rstrip("/")
+
+    @field_validator("api_public_url")
+    @classmethod
+    def _api_public_url_is_http(cls, value: str | None) -> str | None:
+        return None if not value else _http_url(value).rstrip("/")
+
+    @field_validator("link_secret")
+    @classmethod
+    def _link_secret_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_LINK_SECRET_CHARS:
+            raise ValueError(f"must be a long random string, {MIN_LINK_SECRET_CHARS}+ characters")
+        return value
 
     @field_validator("archive_url")
     @classmethod
@@ -126,6 +148,14 @@ class Settings(BaseSettings):
     def callback_base_url(self) -> str | None:
         """Where Grsai should call back; None means polling mode (``webHook: "-1"``)."""
         return self.app_url or self.next_public_app_url
+
+    @property
+    def video_links(self) -> VideoLinks | None:
+        """Signed links to archived videos, when GRSAI_API_PUBLIC_URL and GRSAI_LINK_SECRET
+        are both set; None: archived copies are linked by their store URL."""
+        if self.api_public_url is None or self.link_secret is None:
+            return None
+        return VideoLinks(self.api_public_url, self.link_secret.get_secret_value(), self.link_ttl_s)
 
     def require_webhook_secret(self) -> str:
         if self.webhook_secret is None or not self.webhook_secret.get_secret_value().strip():
