@@ -13,6 +13,7 @@ HTTP status an error becomes is the adapters' business (``cli``, ``webhook``), n
     │   ├── DatabaseNotReady     missing, unreachable, or at another schema revision
     │   ├── UnknownBatch                                                  .batch_id
     │   ├── UnknownAccount                                                .user_id
+    │   ├── NoArchivedVideo      an unknown task, or one with no archived copy .task_id
     │   ├── InsufficientCredits  nothing written                          .user_id .balance .needed
     │   └── LedgerMismatch       stored money columns differ from the ledger .problems
     ├── GrsaiError               the Grsai API
@@ -23,7 +24,10 @@ HTTP status an error becomes is the adapters' business (``cli``, ``webhook``), n
     │   │                                                                 .uncertain_tries
     │   └── RateLimited          429 past the deadline: the task is left for later
     ├── RunFailed                a Dagster run of a batch failed or did not settle in time
-    └── CallbackRefused          a webHook callback that changes nothing  .status .reason
+    ├── CallbackRefused          a webHook callback that changes nothing  .status .reason
+    └── LinkRefused              a signed video link that does not open
+        ├── LinkExpired          signed, but past its expiry
+        └── LinkForged           not signed with GRSAI_LINK_SECRET (or signed links are off)
 """
 
 from __future__ import annotations
@@ -94,6 +98,14 @@ class UnknownAccount(StoreError):
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
         super().__init__(f"no credit account for user {user_id!r}")
+
+
+class NoArchivedVideo(StoreError):
+    """No task by that id, or it has no archived video (not succeeded, or not copied yet)."""
+
+    def __init__(self, task_id: str, why: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"no archived video for task {task_id!r}: {why}")
 
 
 class InsufficientCredits(StoreError):
@@ -176,3 +188,15 @@ class CallbackRefused(GrsaiPipelineError):
         self.status = status
         self.reason = reason
         super().__init__(reason)
+
+
+class LinkRefused(GrsaiPipelineError):
+    """A signed link to a video that does not open; ``str()`` says why, never the secret."""
+
+
+class LinkExpired(LinkRefused):
+    pass
+
+
+class LinkForged(LinkRefused):
+    pass

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -215,6 +218,50 @@ def pipeline_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """moto's S3-compatible server on a loopback port, and the settings s3fs reads (in this
+    process's environment, so commands started from it read them too)."""
+    import s3fs
+
+    # Here, not at the top: e2e/conftest.py imports this module.
+    from grsai_pipeline_tests.e2e.conftest import free_port, wait_for
+
+    port = free_port()
+    log = tmp_path / "moto.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [Path(sys.executable).with_name("moto_server"), "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(endpoint, timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 30, "moto_server", log)
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(name, value)
+        httpx.put(f"{endpoint}/archive-bucket").raise_for_status()
+        # fsspec keeps one S3FileSystem per set of arguments: none may point at an older server.
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield endpoint
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # Tests that start `dagster dev`, the daemon or a browser: each keeps a core busy for a minute,

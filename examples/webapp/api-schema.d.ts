@@ -169,6 +169,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/videos/{task_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Video
+         * @description A succeeded task's archived video, with the bearer token or as a signed link
+         *     (`expires`, `signature`: the links the Dagster UI shows) without one.
+         */
+        get: operations["get_video_v1_videos__task_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -196,6 +217,11 @@ export interface components {
             refunded_credits: number;
             /** Possible Duplicates */
             possible_duplicates: number;
+            /**
+             * Retried By Backfill
+             * @description Tasks retried by backfill at least once.
+             */
+            retried_by_backfill: number;
             /**
              * Created At
              * Format: date-time
@@ -246,6 +272,11 @@ export interface components {
             refunded_credits: number;
             /** Possible Duplicates */
             possible_duplicates: number;
+            /**
+             * Retried By Backfill
+             * @description Tasks retried by backfill at least once.
+             */
+            retried_by_backfill: number;
             /**
              * Created At
              * Format: date-time
@@ -437,6 +468,11 @@ export interface components {
             video_sha256: string | null;
             /** Archive Error */
             archive_error: string | null;
+            /**
+             * Reservation
+             * @description 1 for the task's first reservation, one more per retry by backfill (the ledger's reservation number); attempts counts the submits of this one.
+             */
+            reservation: number;
         };
     };
     responses: never;
@@ -958,6 +994,79 @@ export interface operations {
             };
             /** @description Request Entity Too Large */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_video_v1_videos__task_id__get: {
+        parameters: {
+            query?: {
+                /** @description A signed link's end. */
+                expires?: number | null;
+                /** @description A signed link's HMAC. */
+                signature?: string | null;
+            };
+            header?: never;
+            path: {
+                task_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The archived video, streamed from the archive */
+            200: {
+                headers: {
+                    "Content-Length"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "video/mp4": string;
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,16 +1,22 @@
 """The routes of SPEC 9 over the store's own functions (``grsai-pipeline api serve``).
 
 Every route but ``/healthz`` wants ``Authorization: Bearer <token>`` (``store/tokens.py``),
-checked against the database on each request, so a revoked token is refused at once. Handlers
-are plain functions (FastAPI runs them on its thread pool) that call what the commands call:
-``create_batch``, ``cancel_batch``, ``grant_credits``, the ledger. Errors become problem details
-through one table (``problems.py``); the access log shows method, path and status only.
+checked against the database on each request, so a revoked token is refused at once;
+``GET /v1/videos/{task_id}`` opens with a signed link instead (``domain/links.py``), so that a
+link in the Dagster UI opens in a browser. Handlers are plain functions (FastAPI runs them on its
+thread pool) that call what the commands call: ``create_batch``, ``cancel_batch``,
+``grant_credits``, the ledger, the archive. Errors become problem details through one table
+(``problems.py``); the access log shows method, path (a link's signature hidden) and status.
 """
 
 # No "from __future__ import annotations": FastAPI reads these hints (some name local
 # dependencies) when the routes are made.
 
+import copy
 import logging
+import re
+import time
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Final
 
@@ -21,7 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
+from uvicorn.config import LOGGING_CONFIG
 
 from grsai_pipeline.api import problems
 from grsai_pipeline.api.cursors import (
@@ -44,10 +51,19 @@ from grsai_pipeline.api.models import (
     LedgerPage,
     Problem,
 )
+from grsai_pipeline.domain.links import LinkCheck, check_link
 from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import BatchStatus
-from grsai_pipeline.errors import DatabaseNotReady, GrsaiPipelineError, InvalidInput
+from grsai_pipeline.errors import (
+    DatabaseNotReady,
+    GrsaiPipelineError,
+    InvalidInput,
+    LinkExpired,
+    LinkForged,
+    NoArchivedVideo,
+)
 from grsai_pipeline.store.accounts import get_account, grant_credits
+from grsai_pipeline.store.archives import archived_copy
 from grsai_pipeline.store.batches import create_batch, get_batch, list_batches
 from grsai_pipeline.store.cancels import cancel_batch
 from grsai_pipeline.store.db import reading
@@ -55,6 +71,7 @@ from grsai_pipeline.store.idempotency import MAX_KEY_LENGTH
 from grsai_pipeline.store.ledger import list_entries, running_ledger
 from grsai_pipeline.store.migrate import HEAD_REVISION, current_revision
 from grsai_pipeline.store.tokens import token_name
+from grsai_pipeline.videos.objects import open_archived
 
 REPLAYED: Final = "Idempotent-Replayed"
 MAX_PAGE: Final = 200
@@ -63,6 +80,10 @@ log = logging.getLogger(__name__)
 
 class NotAuthenticated(Exception):
     """No token, an unknown one, or a revoked one."""
+
+
+class VideoResponse(StreamingResponse):
+    media_type = "video/mp4"
 
 
 def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -94,8 +115,11 @@ Cursor = Annotated[str | None, Query(description="next_cursor of the page before
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 
-def create_app(engine: Engine, prices: PriceTable, *, lease_s: float) -> FastAPI:
-    """The API as an ASGI app over ``engine``, pricing with ``prices``."""
+def create_app(
+    engine: Engine, prices: PriceTable, *, lease_s: float, link_secret: str | None = None
+) -> FastAPI:
+    """The API as an ASGI app over ``engine``, pricing with ``prices``; videos open by signed
+    links too when ``link_secret`` (GRSAI_LINK_SECRET) is set."""
     bearer = HTTPBearer(
         auto_error=False, description="A token made by `grsai-pipeline api token create NAME`."
     )
@@ -277,8 +301,65 @@ def create_app(engine: Engine, prices: PriceTable, *, lease_s: float) -> FastAPI
             response.headers[REPLAYED] = "true"
         return CreditsOut.of(account)
 
+    @app.get(
+        "/v1/videos/{task_id}",
+        tags=["videos"],
+        response_class=VideoResponse,
+        responses={
+            200: {
+                "description": "The archived video, streamed from the archive",
+                "content": {
+                    VideoResponse.media_type: {"schema": {"type": "string", "format": "binary"}}
+                },
+                "headers": {"Content-Length": {"schema": {"type": "integer"}}},
+            },
+            **_problem_responses(403, 404),
+        },
+    )
+    def get_video(
+        task_id: Annotated[str, Path(max_length=36)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        expires: Annotated[int | None, Query(ge=0, description="A signed link's end.")] = None,
+        signature: Annotated[
+            str | None, Query(max_length=128, description="A signed link's HMAC.")
+        ] = None,
+    ) -> VideoResponse:
+        """A succeeded task's archived video, with the bearer token or as a signed link
+        (`expires`, `signature`: the links the Dagster UI shows) without one."""
+        if not (credentials and token_name(engine, credentials.credentials)):
+            _open_link(link_secret, task_id, expires, signature)
+        stored = archived_copy(engine, task_id)
+        try:
+            size, chunks = open_archived(stored.url)
+        except FileNotFoundError:
+            log.error("the archived video of task %s is missing from the archive", task_id)
+            raise NoArchivedVideo(task_id, "its copy is missing from the archive") from None
+        headers = {
+            "Content-Length": str(size),
+            "Content-Disposition": f'inline; filename="{task_id}.mp4"',
+        }
+        return VideoResponse(chunks, headers=headers)
+
     app.openapi = _problem_media_type(app)  # type: ignore[method-assign]
     return app
+
+
+def _open_link(
+    secret: str | None, task_id: str, expires: int | None, signature: str | None
+) -> None:
+    """A request without a live token opens a video only with a signed link that is valid now."""
+    if expires is None and signature is None:
+        raise NotAuthenticated
+    if secret is None:
+        raise LinkForged("signed links are off on this server (GRSAI_LINK_SECRET is not set)")
+    if expires is None or signature is None:
+        raise LinkForged("a signed link carries both expires and signature")
+    found = check_link(secret, task_id, expires, signature, time.time())
+    if found is LinkCheck.FORGED:
+        raise LinkForged("the signature does not match this task and expiry")
+    if found is LinkCheck.EXPIRED:
+        ended = datetime.fromtimestamp(expires, UTC).isoformat(timespec="seconds")
+        raise LinkExpired(f"the link expired at {ended}; a new run's metadata has a new one")
 
 
 def _handle_errors(app: FastAPI) -> None:
@@ -371,15 +452,40 @@ def _problem_media_type(app: FastAPI) -> Any:
             for operation in operations.values():
                 for status, answer in operation.get("responses", {}).items():
                     content = answer.get("content", {})
-                    if str(status)[0] in "45" and "application/json" in content:
-                        content[problems.MEDIA_TYPE] = content.pop("application/json")
+                    if str(status)[0] in "45" and content:
+                        # FastAPI gave it the route's media type (JSON; a video's on videos).
+                        answer["content"] = {problems.MEDIA_TYPE: next(iter(content.values()))}
         return schema
 
     return openapi
 
 
-def serve(engine: Engine, prices: PriceTable, lease_s: float, host: str, port: int) -> None:
+class _HideSignatures(logging.Filter):
+    """A signed link's signature is a credential until it expires: not for the access log."""
+
+    SIGNATURE = re.compile(r"(signature=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.SIGNATURE.sub(r"\1[hidden]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def serve(
+    engine: Engine,
+    prices: PriceTable,
+    lease_s: float,
+    host: str,
+    port: int,
+    link_secret: str | None = None,
+) -> None:
     """Serve in the foreground. The access log shows method, path and status: no header (the
-    token, the idempotency key) and no body."""
-    app = create_app(engine, prices, lease_s=lease_s)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
+    token, the idempotency key), no body, and no link's signature."""
+    app = create_app(engine, prices, lease_s=lease_s, link_secret=link_secret)
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["filters"] = {"hide_signatures": {"()": _HideSignatures}}
+    log_config["handlers"]["access"]["filters"] = ["hide_signatures"]
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, log_config=log_config)

@@ -19,6 +19,9 @@ from grsai_pipeline.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
+    LinkExpired,
+    LinkForged,
+    NoArchivedVideo,
     UnknownAccount,
     UnknownBatch,
 )
@@ -33,6 +36,9 @@ PROBLEMS: Final[tuple[tuple[type[GrsaiPipelineError], int, str, str], ...]] = (
     (InsufficientCredits, 402, "insufficient-credits", "Not enough credits"),
     (UnknownBatch, 404, "unknown-batch", "No such batch"),
     (UnknownAccount, 404, "unknown-account", "No such credit account"),
+    (NoArchivedVideo, 404, "no-archived-video", "No archived video"),
+    (LinkExpired, 403, "link-expired", "Link expired"),
+    (LinkForged, 403, "bad-link-signature", "Bad link signature"),
     (DatabaseNotReady, 503, "database-not-ready", "Database not ready"),
 )
 

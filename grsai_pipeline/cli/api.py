@@ -17,13 +17,15 @@ def api() -> None:
 @click.option("--port", default=8790, show_default=True, type=click.IntRange(0, 65535))
 def serve_command(host: str, port: int) -> None:
     """Serve the JSON API of SPEC 9 (GET /openapi.json describes it); every route but
-    /healthz wants `Authorization: Bearer <token>` (`api token create`)."""
+    /healthz wants `Authorization: Bearer <token>` (`api token create`), but a video opens by a
+    signed link too (GRSAI_LINK_SECRET)."""
     from grsai_pipeline.api.app import serve
 
     settings = context.settings()
     engine = context.database(settings)
     click.echo(f"API on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    serve(engine, settings.price_table, settings.claim_lease_s, host, port)
+    secret = settings.link_secret.get_secret_value() if settings.link_secret else None
+    serve(engine, settings.price_table, settings.claim_lease_s, host, port, secret)
 
 
 @api.group()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 from tabulate import tabulate
 
+from grsai_pipeline.config import load_settings
+from grsai_pipeline.domain.links import VideoLinks
 from grsai_pipeline.engine.report import EngineReport
+from grsai_pipeline.errors import SettingsError
 from grsai_pipeline.store.batches import BatchView
 from grsai_pipeline.store.outcomes import BatchOutcomes
+from grsai_pipeline.videos.objects import task_id_of
 
 PREVIEW_ROWS = 20
 
@@ -60,16 +66,51 @@ def outcome_metadata(outcomes: BatchOutcomes) -> dict[str, Any]:
 
 
 def video_links(outcomes: BatchOutcomes) -> dict[str, Any]:
-    """The first videos as links: the archived copy once made, else the API's URL (which
-    expires about two hours after its task finished)."""
+    """The first videos as links, and a line saying which links they are: an archived copy
+    through the HTTP API (``GET /v1/videos/{task_id}``, signed, so a browser opens it without a
+    token) when GRSAI_API_PUBLIC_URL and GRSAI_LINK_SECRET are set, else the archive's own URL;
+    a video not archived yet by the API's URL (which expires about two hours after its task
+    finished)."""
     if not outcomes.videos:
         return {}
-    lines = [
-        f"- task {v.batch_index}: [{_short(v.url)}]({v.url})"
-        + (" (archived copy)" if v.archived else "")
-        for v in outcomes.videos
-    ]
+    archived = [v for v in outcomes.videos if v.archived]
+    links = _signed_links() if archived else None
+    now = time.time()
+    lines = []
+    for video in outcomes.videos:
+        task_id = task_id_of(video.url) if video.archived else None
+        if links is not None and task_id is not None:
+            shown, url = links.path(task_id), links.url(task_id, now)
+        else:
+            shown, url = video.url, video.url
+        kept = " (archived copy)" if video.archived else ""
+        lines.append(f"- task {video.batch_index}: [{_short(shown)}]({url}){kept}")
+    if links is not None:
+        until = datetime.fromtimestamp(links.expires(now), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        lines.append(
+            f"\nArchived copies open through the HTTP API without a token: signed links, "
+            f"valid until {until} (GRSAI_LINK_TTL_S)."
+        )
+    elif archived:
+        lines.append(
+            "\nArchived copies are linked where the archive keeps them (GRSAI_ARCHIVE_URL); a "
+            "browser may not open those from this page. Set GRSAI_API_PUBLIC_URL and "
+            "GRSAI_LINK_SECRET for signed links through the HTTP API."
+        )
+    if len(archived) < len(outcomes.videos):
+        lines.append(
+            "\nVideos not archived yet link to the Grsai API's URLs, which expire about two "
+            "hours after their task finished."
+        )
     return {"videos": dg.MetadataValue.md("\n".join(lines))}
+
+
+def _signed_links() -> VideoLinks | None:
+    """This process's link settings (a run with an invalid setting has failed before)."""
+    try:
+        return load_settings().video_links
+    except SettingsError:
+        return None
 
 
 def tasks_preview(view: BatchView) -> str:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from grsai_pipeline.domain.states import TaskStatus
+from grsai_pipeline.errors import NoArchivedVideo
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.schema import video_tasks
 
@@ -95,6 +96,35 @@ def _still(video: VideoToArchive) -> list[sa.ColumnElement[bool]]:
         t.video_url == video.video_url,
         t.archived_url.is_(None),
     ]
+
+
+@dataclass(frozen=True)
+class ArchivedCopy:
+    """Where a task's archived video is, and what was stored."""
+
+    task_id: str
+    url: str
+    size: int | None
+    sha256: str | None
+
+
+def archived_copy(engine: Engine, task_id: str) -> ArchivedCopy:
+    """The task's archived video; NoArchivedVideo for an unknown task or one without a copy."""
+    query = sa.select(t.status, t.archived_url, t.video_bytes, t.video_sha256).where(
+        t.id == task_id
+    )
+    with reading(engine) as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        raise NoArchivedVideo(task_id, "no such task")
+    if row.archived_url is None:
+        why = (
+            "its video is not copied to the archive yet"
+            if row.status == TaskStatus.SUCCEEDED.value
+            else f"the task is {row.status}, not succeeded"
+        )
+        raise NoArchivedVideo(task_id, why)
+    return ArchivedCopy(task_id, row.archived_url, row.video_bytes, row.video_sha256)
 
 
 @dataclass(frozen=True)

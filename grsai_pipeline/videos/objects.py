@@ -5,6 +5,9 @@ An object appears under its final name whole or not at all: it is written under 
 name next to it and moved into place once complete (a rename on a local disk; on an object
 store, the move happens only after the upload finished). A kill mid-write leaves at most a
 ``.partial-*`` object, which the next copy of that video removes.
+
+An archived video is read back (:func:`open_archived`, for ``GET /v1/videos/{task_id}``) from
+the URL recorded on its row, whatever ``GRSAI_ARCHIVE_URL`` says now, a chunk at a time.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -21,6 +26,9 @@ from fsspec.implementations.local import LocalFileSystem
 from grsai_pipeline.errors import SettingsError
 
 PARTIAL = ".partial-"
+SUFFIX = ".mp4"
+# What one read of an archived video holds in memory (s3fs reads it as one ranged GET).
+READ_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ class VideoStore:
         return isinstance(self.fs, LocalFileSystem)
 
     def path_of(self, batch_id: str, task_id: str) -> str:
-        return f"{self.root}/{batch_id}/{task_id}.mp4"
+        return f"{self.root}/{batch_id}/{task_id}{SUFFIX}"
 
     def url_of(self, path: str) -> str:
         """The object's address as a person or another fsspec client uses it."""
@@ -81,3 +89,24 @@ class VideoStore:
     def _remove(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path)
+
+
+def task_id_of(url: str) -> str | None:
+    """The task whose archived video ``url`` is (objects are named ``<batch>/<task>.mp4``)."""
+    name = PurePosixPath(urlsplit(url).path).name
+    return name.removesuffix(SUFFIX) if name.endswith(SUFFIX) and len(name) > len(SUFFIX) else None
+
+
+def open_archived(url: str) -> tuple[int, Iterator[bytes]]:
+    """The size of the archived video at ``url`` and its bytes as chunks, read as they are
+    consumed (never whole in memory); FileNotFoundError when the object is gone."""
+    fs, path = fsspec.core.url_to_fs(url)
+    size = int(fs.size(path))
+    return size, _chunks(fs, path)
+
+
+def _chunks(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[bytes]:
+    # No read-ahead cache: s3fs would otherwise fetch blocks of 50 MiB.
+    with fs.open(path, "rb", block_size=READ_CHUNK_BYTES, cache_type="none") as source:
+        while chunk := source.read(READ_CHUNK_BYTES):
+            yield chunk

@@ -4,7 +4,7 @@ a token made by ``api token create``, and its log kept for the tests that read i
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ class ServedApi:
     token: str
     log: Path
     settings: dict[str, str]
+    pid: int = 0
 
     def client(self, token: str | None = None) -> httpx.Client:
         """A client sending ``token`` (default: the live one made at start)."""
@@ -37,9 +38,15 @@ class ServedApi:
 
 
 @contextmanager
-def served_api(database_url: str, workdir: Path, token_name: str = "tests") -> Iterator[ServedApi]:
-    """The API over ``database_url`` until the block ends; stopped with SIGTERM."""
-    settings = {"GRSAI_DATABASE_URL": database_url}
+def served_api(
+    database_url: str,
+    workdir: Path,
+    token_name: str = "tests",
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[ServedApi]:
+    """The API over ``database_url`` (and ``settings`` besides) until the block ends; stopped
+    with SIGTERM."""
+    settings = {"GRSAI_DATABASE_URL": database_url, **(settings or {})}
     made = run_cli(["api", "token", "create", token_name], cwd=workdir, settings=settings)
     assert made.code == 0, made.err
     port = free_port()
@@ -55,7 +62,7 @@ def served_api(database_url: str, workdir: Path, token_name: str = "tests") -> I
         try:
             base_url = f"http://127.0.0.1:{port}"
             wait_for(lambda: _answers(base_url, server), 30, "api serve to answer /healthz", log)
-            yield ServedApi(base_url, made.out.strip(), log, settings)
+            yield ServedApi(base_url, made.out.strip(), log, settings, server.pid)
         finally:
             server.terminate()
             server.wait(timeout=15)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import httpx
@@ -22,11 +23,11 @@ def test_missing_wrong_and_revoked_tokens_get_401_on_every_route_but_healthz(
         with api.client() as client:
             document = client.get("/openapi.json").json()
         routes = [
-            (method.upper(), path.replace("{batch_id}", "b1").replace("{user_id}", "ada"))
+            (method.upper(), re.sub(r"\{(batch|user|task)_id\}", "x1", path))
             for path, operations in document["paths"].items()
             for method in operations
         ] + [("GET", "/openapi.json")]
-        assert len(routes) == 10  # SPEC 9's nine routes and the document
+        assert len(routes) == 11  # SPEC 9's nine routes, a video, and the document
         with api.client(spare) as client:
             assert client.get("/v1/batches").status_code == 200
         api.cli("api", "token", "revoke", "spare")

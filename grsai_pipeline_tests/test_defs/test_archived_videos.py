@@ -13,17 +13,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.dev.simulator import FaultRule, SimulatorServer
 from grsai_pipeline.store.archives import archive_state
 from grsai_pipeline.videos.archiver import archive_videos
-from grsai_pipeline_tests.e2e.conftest import free_port, wait_for
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, new_batch, rows
 from grsai_pipeline_tests.test_defs.dagster_helpers import (
     check_results,
@@ -113,47 +110,7 @@ def test_a_download_that_fails_its_budget_is_tried_again_by_the_next_pass(
     assert task["archived_url"] is not None and task["archive_error"] is None
 
 
-# --- S3 through s3fs, against moto's standalone server over HTTP ------------------------------
-
-
-@pytest.fixture
-def s3_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    """moto's S3-compatible server on a loopback port, and the settings s3fs reads."""
-    import s3fs
-
-    port = free_port()
-    log = tmp_path / "moto.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [Path(sys.executable).with_name("moto_server"), "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(endpoint, timeout=1).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 30, "moto_server", log)
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-        }.items():
-            monkeypatch.setenv(name, value)
-        httpx.put(f"{endpoint}/archive-bucket").raise_for_status()
-        # fsspec keeps one S3FileSystem per set of arguments: none may point at an older server.
-        s3fs.S3FileSystem.clear_instance_cache()
-        yield endpoint
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.terminate()
-        server.wait(timeout=10)
+# --- S3 through s3fs, against moto's standalone server over HTTP (conftest.s3_server) ---------
 
 
 def test_videos_archive_to_an_s3_compatible_server_through_s3fs(
