@@ -15,7 +15,6 @@ from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.errors import SettingsError
 from grsai_pipeline.store.batches import BatchView
 from grsai_pipeline.store.outcomes import BatchOutcomes
-from grsai_pipeline.videos.objects import task_id_of
 
 PREVIEW_ROWS = 20
 
@@ -78,9 +77,8 @@ def video_links(outcomes: BatchOutcomes) -> dict[str, Any]:
     now = time.time()
     lines = []
     for video in outcomes.videos:
-        task_id = task_id_of(video.url) if video.archived else None
-        if links is not None and task_id is not None:
-            shown, url = links.path(task_id), links.url(task_id, now)
+        if links is not None and video.archived:
+            shown, url = links.path(video.task_id), links.url(video.task_id, now)
         else:
             shown, url = video.url, video.url
         kept = " (archived copy)" if video.archived else ""

@@ -29,6 +29,7 @@ class FailureGroup:
 
 @dataclass(frozen=True)
 class VideoLink:
+    task_id: str
     batch_index: int
     url: str
     archived: bool
@@ -104,7 +105,14 @@ def _read_chunk(
     if videos > 0:
         order = sa.func.row_number().over(partition_by=t.batch_job_id, order_by=t.batch_index)
         ranked = (
-            sa.select(t.batch_job_id, t.batch_index, t.video_url, t.archived_url, order.label("n"))
+            sa.select(
+                t.batch_job_id,
+                t.id,
+                t.batch_index,
+                t.video_url,
+                t.archived_url,
+                order.label("n"),
+            )
             .where(t.batch_job_id.in_(batch_ids), t.status == TaskStatus.SUCCEEDED.value)
             .subquery()
         )
@@ -113,7 +121,7 @@ def _read_chunk(
             url = row.archived_url or row.video_url
             if url:
                 links[row.batch_job_id].append(
-                    VideoLink(row.batch_index, url, archived=row.archived_url is not None)
+                    VideoLink(row.id, row.batch_index, url, archived=row.archived_url is not None)
                 )
     return {
         batch_id: BatchOutcomes(

@@ -17,8 +17,6 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -89,12 +87,6 @@ class VideoStore:
     def _remove(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path)
-
-
-def task_id_of(url: str) -> str | None:
-    """The task whose archived video ``url`` is (objects are named ``<batch>/<task>.mp4``)."""
-    name = PurePosixPath(urlsplit(url).path).name
-    return name.removesuffix(SUFFIX) if name.endswith(SUFFIX) and len(name) > len(SUFFIX) else None
 
 
 def open_archived(url: str) -> tuple[int, Iterator[bytes]]:
