@@ -5,7 +5,8 @@ does not match the documented models gets HTTP 400, so drift in the client shows
 
 Outcomes of a generation come from a seeded random mix, or from a directive in the prompt:
 ``[sim:error]``, ``[sim:input_moderation]``, ``[sim:output_moderation]``, ``[sim:no_url]``,
-``[sim:api_error]`` (submit answered with a business error), ``[sim:lost]`` (the API forgets
+``[sim:api_error]`` (submit answered with a business error), ``[sim:violation]`` (a final status
+SPEC 3 does not name, as integrators report), ``[sim:lost]`` (the API forgets
 the task: ``-22`` forever) and ``[sim:succeeded]``. A comma list applies per submission of the
 same prompt: ``[sim:error,succeeded]`` fails the first attempt and succeeds the second.
 
@@ -417,6 +418,8 @@ def _poll_data(task: _SimTask, elapsed: float, base_url: str) -> dict[str, Any]:
         else:
             data["url"] = url or ""
         return data
+    if task.outcome == "violation":
+        return data | {"status": "violation", "failure_reason": "", "error": "usage policy"}
     errors = {
         "input_moderation": "the prompt breaks the content policy",
         "output_moderation": "the video broke the content policy",

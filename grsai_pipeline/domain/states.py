@@ -49,6 +49,8 @@ class FailureKind(StrEnum):
     INSUFFICIENT_CREDITS = "insufficient_credits"
     # A retryable failure retried by backfill as often as GRSAI_MAX_BACKFILL_RETRIES allows.
     RETRIES_EXHAUSTED = "retries_exhausted"
+    # A final status SPEC 3 does not name (``violation``, say): never retried by itself.
+    UNKNOWN_STATUS = "unknown_status"
 
 
 # Resubmitted inside one reservation while attempts remain (SPEC 3).
@@ -86,6 +88,11 @@ class PollOutcome:
     failure_kind: FailureKind | None = None
 
 
+# Statuses that say the work goes on: SPEC 3's "running", no status at all, and the words
+# other APIs use for work not started yet (failing those would refund a video being made).
+WORKING_STATUSES: Final = frozenset({"running", "", "queued", "pending", "processing"})
+
+
 def normalise(result: RemoteResult) -> PollOutcome:
     """Map an answer to its outcome exactly as SPEC 3 lists (the seed's normalisation)."""
     if result.code == NOT_FOUND_CODE:
@@ -108,8 +115,15 @@ def normalise(result: RemoteResult) -> PollOutcome:
         kind = _failure_kind_of(result.failure_reason)
         detail = ": ".join(p for p in (result.failure_reason, result.error) if p) or "failed"
         return PollOutcome("failed", error_message=detail, failure_kind=kind)
-    # "running" and any status the API may add later: still working, bounded by the task timeout.
-    return PollOutcome("running", progress=_clamp_progress(result.progress))
+    if (result.status or "").strip().lower() in WORKING_STATUSES:
+        return PollOutcome("running", progress=_clamp_progress(result.progress))
+    # Any other status (integrators report "violation"): final, so nothing waits on it forever.
+    detail = result.error or result.failure_reason or result.msg or "a status SPEC 3 does not name"
+    return PollOutcome(
+        "failed",
+        error_message=f"{result.status}: {detail}",
+        failure_kind=FailureKind.UNKNOWN_STATUS,
+    )
 
 
 def _failure_kind_of(failure_reason: str | None) -> FailureKind:

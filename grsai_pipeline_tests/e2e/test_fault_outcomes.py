@@ -78,6 +78,8 @@ FAULTS = [
           error="output_moderation:", ledger={"reserve": 1, "refund": 1}),
     Fault("succeeded without URL", prompt="ghost [sim:no_url]", status="failed",
           error="SUCCEEDED_WITHOUT_VIDEO_URL", ledger={"reserve": 1, "refund": 1}),
+    Fault("a status SPEC 3 does not name", prompt="a riot [sim:violation]", status="failed",
+          error="violation: usage policy", ledger={"reserve": 1, "refund": 1}),
 ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from grsai_pipeline.domain.states import (
+    BACKFILL_RETRYABLE,
     SUCCEEDED_WITHOUT_VIDEO_URL,
     FailureKind,
     PollOutcome,
@@ -108,7 +109,26 @@ def test_code_minus_22_is_not_found() -> None:
     assert outcome.error_message is None
 
 
-@pytest.mark.parametrize("status", ["queued", "pending", "", None])
-def test_unknown_status_counts_as_running(status: str | None) -> None:
+@pytest.mark.parametrize("status", ["queued", "pending", "processing", "RUNNING", "", None])
+def test_work_not_done_yet_counts_as_running(status: str | None) -> None:
     outcome = normalise(RemoteResult(code=0, msg="success", status=status, progress=12))
     assert outcome == PollOutcome("running", progress=12)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        ("violation", "content policy", "violation: content policy"),
+        ("cancelled", None, "cancelled: success"),
+        ("mystery", "", "mystery: success"),
+    ],
+)
+def test_a_status_spec_3_does_not_name_is_final(
+    status: str, error: str | None, message: str
+) -> None:
+    """Issue 25: nothing waits forever on a status it cannot understand; not retried."""
+    outcome = normalise(RemoteResult(code=0, msg="success", status=status, error=error))
+    assert outcome == PollOutcome(
+        "failed", error_message=message, failure_kind=FailureKind.UNKNOWN_STATUS
+    )
+    assert FailureKind.UNKNOWN_STATUS not in BACKFILL_RETRYABLE
