@@ -19,6 +19,12 @@ Faults are injected on demand over HTTP: ``POST /_sim/faults`` with rules such a
 ``GET /_sim/stats`` tells what the simulator received; ``POST /_sim/reset`` forgets it all.
 With ``log_polls``, ``GET /_sim/polls`` lists when each task was polled (``DELETE`` clears it).
 
+Generation times are ``generation_s`` (uniform) by default; with ``realistic`` they are drawn
+per model with a long tail and the progress rises noisily, sometimes stuck or coarse (the mix
+is in :mod:`grsai_pipeline.dev.generation`); ``time_scale`` divides every generation time, so
+the same shapes run faster. ``GET /_sim/tasks`` tells each task's model, outcome, progress kind,
+and when it was made and ended upstream (wall clock, the clock of ``/_sim/polls``).
+
 A succeeded task's result URL is ``GET /_sim/videos/<id>.mp4`` on the simulator itself: an
 MP4 container of ``video_bytes`` bytes, public (no key), from the moment the task finishes
 until ``video_ttl_s`` later (then 404, as Grsai's URLs expire); faults hit it as ``"video"``.
@@ -40,12 +46,22 @@ from typing import Any, Literal
 
 import httpx
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from grsai_pipeline.dev.generation import (
+    PROGRESS_KINDS,
+    REALISTIC_DURATIONS,
+    REALISTIC_PROGRESS_MIX,
+    DurationModel,
+    ProgressCurve,
+    draw_duration,
+    draw_progress,
+    linear_progress,
+)
 from grsai_pipeline.dev.server import BackgroundServer
 from grsai_pipeline.grsai.wire import (
     POLL_PATH,
@@ -121,6 +137,27 @@ class SimulatorConfig(BaseModel):
     video_ttl_s: float | None = None
     # A pause between 1 MiB chunks of a video: a slow CDN (tests kill a download half-way).
     video_chunk_delay_s: float = Field(0.0, ge=0)
+    # Realistic generations (issue 25): durations per model (``durations``, lognormal, real
+    # seconds) and progress of the kinds in ``progress_mix``, instead of ``generation_s`` and a
+    # linear progress. Each task is drawn from its own generator, seeded by ``seed``, its model,
+    # its prompt and how many times that prompt was submitted: the same batch gives the same
+    # tasks whatever the order its submits arrive in (the outcome too, in this mode).
+    realistic: bool = False
+    durations: dict[str, DurationModel] = Field(default_factory=lambda: dict(REALISTIC_DURATIONS))
+    progress_mix: dict[str, float] = Field(default_factory=lambda: dict(REALISTIC_PROGRESS_MIX))
+    # Divides every generation time (``generation_s`` or ``durations``); not the latency, the
+    # not-found window or the videos' lifetime.
+    time_scale: float = Field(1.0, gt=0)
+
+    @field_validator("progress_mix")
+    @classmethod
+    def _known_kinds(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = set(mix) - set(PROGRESS_KINDS)
+        if unknown:
+            raise ValueError(f"unknown progress kinds {sorted(unknown)}; known: {PROGRESS_KINDS}")
+        if not mix or any(weight < 0 for weight in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError("progress_mix needs non-negative weights, some positive")
+        return mix
 
 
 @dataclass
@@ -131,6 +168,13 @@ class _SimTask:
     outcome: str
     created: float
     duration_s: float
+    progress: ProgressCurve = field(default_factory=linear_progress)
+
+    @property
+    def ends_after_s(self) -> float:
+        """How long after it was made its poll answers it final."""
+        # Input moderation answers early, before any video exists (see _poll_data).
+        return self.duration_s / 5 if self.outcome == "input_moderation" else self.duration_s
 
 
 @dataclass
@@ -164,6 +208,7 @@ class Simulator:
                 Route("/_sim/config", self._config, methods=["POST"]),
                 Route("/_sim/stats", self._stats, methods=["GET"]),
                 Route("/_sim/polls", self._polls, methods=["GET", "DELETE"]),
+                Route("/_sim/tasks", self._tasks, methods=["GET"]),
                 Route("/_sim/reset", self._reset, methods=["POST"]),
                 Route("/_sim/videos/{name}", self._video, methods=["GET"]),
             ]
@@ -190,17 +235,26 @@ class Simulator:
             return JSONResponse({"code": 400, "msg": f"bad request: {exc}"[:300]}, status_code=400)
         state.submits_by_prompt[submitted.prompt] += 1
         state.submit_times.setdefault(submitted.prompt, []).append(time.time())
-        outcome = self._outcome_for(submitted.prompt)
+        config = state.config
+        rng = self._task_rng(submitted.model, submitted.prompt) if config.realistic else state.rng
+        outcome = self._outcome_for(submitted.prompt, rng)
         if outcome == "api_error":
             state.stats["submits_rejected"] += 1
             return JSONResponse({"code": -2, "msg": "prompt rejected by upstream policy"})
+        if config.realistic:
+            duration_s = draw_duration(rng, submitted.model, config.durations, config.time_scale)
+            progress = draw_progress(rng, config.progress_mix)
+        else:
+            duration_s = rng.uniform(*config.generation_s) / config.time_scale
+            progress = linear_progress()
         task = _SimTask(
             id=f"sim-{uuid.uuid4()}",
             model=submitted.model,
             prompt=submitted.prompt,
             outcome=outcome,
             created=time.monotonic(),
-            duration_s=state.rng.uniform(*state.config.generation_s),
+            duration_s=duration_s,
+            progress=progress,
         )
         state.tasks[task.id] = task
         state.stats["submits_accepted"] += 1
@@ -301,14 +355,23 @@ class Simulator:
             return rule
         return None
 
-    def _outcome_for(self, prompt: str) -> str:
+    def _outcome_for(self, prompt: str, rng: random.Random) -> str:
         directive = DIRECTIVE.search(prompt)
         if directive:
             sequence = directive.group(1).split(",")
             nth = self.state.submits_by_prompt[prompt] - 1
             return sequence[min(nth, len(sequence) - 1)]
         mix = self.state.config.mix
-        return self.state.rng.choices(list(mix), weights=list(mix.values()))[0]
+        return rng.choices(list(mix), weights=list(mix.values()))[0]
+
+    def _task_rng(self, model: str, prompt: str) -> random.Random:
+        """The generator of one realistic task: from the seed, the model, the prompt and how
+        many times it was submitted (unseeded: from the simulator's generator)."""
+        seed = self.state.config.seed
+        if seed is None:
+            return random.Random(self.state.rng.getrandbits(64))
+        nth = self.state.submits_by_prompt[prompt]
+        return random.Random(f"{seed}\x00{model}\x00{nth}\x00{prompt}")
 
     async def _call_back(self, task: _SimTask, url: str, base_url: str) -> None:
         """Post the task's progress half-way and its end to ``url``, as Grsai's webHook does."""
@@ -369,6 +432,26 @@ class Simulator:
             self.state.polls.clear()
         return JSONResponse(self.state.polls)
 
+    async def _tasks(self, request: Request) -> Response:
+        return JSONResponse(self.task_records())
+
+    def task_records(self) -> dict[str, dict[str, Any]]:
+        """Per task id: its model, prompt, outcome, progress kind, duration, and when it was
+        made and when its poll first answers it final (wall clock, as ``/_sim/polls``)."""
+        offset = time.time() - time.monotonic()
+        return {
+            task.id: {
+                "model": task.model,
+                "prompt": task.prompt,
+                "outcome": task.outcome,
+                "progress_kind": task.progress.kind,
+                "duration_s": task.duration_s,
+                "made": offset + task.created,
+                "ended": offset + task.created + task.ends_after_s,
+            }
+            for task in self.state.tasks.values()
+        }
+
     async def _reset(self, request: Request) -> Response:
         config = self.state.config
         for callback in list(self.state.callbacks):
@@ -407,7 +490,7 @@ def _poll_data(task: _SimTask, elapsed: float, base_url: str) -> dict[str, Any]:
     # Input moderation answers early, before any video exists.
     if task.outcome == "input_moderation":
         fraction *= 5
-    data: dict[str, Any] = {"id": task.id, "progress": min(99, int(fraction * 100))}
+    data: dict[str, Any] = {"id": task.id, "progress": task.progress.at(fraction)}
     if fraction < 1:
         return data | {"status": "running", "failure_reason": "", "error": ""}
     if task.outcome in ("succeeded", "no_url"):

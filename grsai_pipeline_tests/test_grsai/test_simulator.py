@@ -4,8 +4,12 @@ directives for every outcome, fault injection and stats. Also the client against
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import random
+import statistics
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +21,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from grsai_pipeline.dev.generation import (
+    REALISTIC_DURATIONS,
+    REALISTIC_PROGRESS_MIX,
+    draw_duration,
+    draw_progress,
+)
 from grsai_pipeline.dev.server import BackgroundServer
-from grsai_pipeline.dev.simulator import SimulatorConfig, SimulatorServer
+from grsai_pipeline.dev.simulator import DEFAULT_MIX, SimulatorConfig, SimulatorServer
 from grsai_pipeline.domain.states import normalise
 from grsai_pipeline.domain.tasks import validate_task
 from grsai_pipeline.errors import (
@@ -679,3 +689,194 @@ def test_a_polling_submit_is_never_called_back(http: httpx.Client) -> None:
     poll_until_final(http, submit_id(http, SORA, sora_body()))
 
     assert "callbacks_sent" not in stats(http)
+
+
+# --- realistic generations (issue 25) --------------------------------------------------------
+
+MODELS = ("sora-2", "veo3.1-fast", "veo3.1-pro")
+# Fractions of a duration at which a poller might look (0.0 to 0.99 in steps of 1 %).
+FRACTIONS = [i / 100 for i in range(100)]
+
+
+def realistic_body(model: str, prompt: str) -> tuple[str, dict[str, Any]]:
+    if model == "sora-2":
+        return SORA, sora_body(prompt)
+    return VEO, veo_body(prompt, model=model)
+
+
+def task_records(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    response = http.get("/_sim/tasks")
+    assert response.status_code == 200
+    return response.json()
+
+
+def by_prompt(http: httpx.Client) -> dict[str, tuple[str, float, str, str]]:
+    return {
+        r["prompt"]: (r["model"], r["duration_s"], r["progress_kind"], r["outcome"])
+        for r in task_records(http).values()
+    }
+
+
+def test_realistic_durations_per_model_stay_in_their_ranges_over_many_seeds() -> None:
+    for model in MODELS:
+        shape = REALISTIC_DURATIONS[model]
+        drawn = sorted(
+            draw_duration(random.Random(seed), model, REALISTIC_DURATIONS) for seed in range(4000)
+        )
+        assert shape.low_s <= drawn[0] and drawn[-1] <= shape.high_s, model
+        median = statistics.median(drawn)
+        assert 0.9 * shape.median_s <= median <= 1.1 * shape.median_s, (model, median)
+        # A long tail: the slowest 5 % take at least 1.6 times the median.
+        assert drawn[int(0.95 * len(drawn))] >= 1.6 * median, model
+    sora = [
+        draw_duration(random.Random(seed), "sora-2", REALISTIC_DURATIONS) for seed in range(4000)
+    ]
+    assert 0.75 <= sum(1 for d in sora if 120 <= d <= 300) / len(sora) <= 0.87  # usually 2-5 min
+    pro = [draw_duration(random.Random(s), "veo3.1-pro", REALISTIC_DURATIONS) for s in range(4000)]
+    assert max(pro) > 12 * 60  # Veo at peak: up to 16 minutes
+    # A model not in the table is drawn like Sora-2; the time scale divides.
+    assert draw_duration(random.Random(3), "sora-3", REALISTIC_DURATIONS) == draw_duration(
+        random.Random(3), "sora-2", REALISTIC_DURATIONS
+    )
+    assert draw_duration(random.Random(3), "veo3.1-pro", REALISTIC_DURATIONS, 10) == pytest.approx(
+        draw_duration(random.Random(3), "veo3.1-pro", REALISTIC_DURATIONS) / 10
+    )
+
+
+def test_realistic_progress_kinds_come_in_their_shares() -> None:
+    rng = random.Random(25)
+    kinds = Counter(draw_progress(rng, REALISTIC_PROGRESS_MIX).kind for _ in range(6000))
+    for kind, share in REALISTIC_PROGRESS_MIX.items():
+        assert abs(kinds[kind] / 6000 - share) < 0.03, (kind, kinds)
+
+
+def test_realistic_progress_rises_noisily_sticks_or_steps() -> None:
+    curves: dict[str, list[list[int]]] = {kind: [] for kind in REALISTIC_PROGRESS_MIX}
+    for seed in range(2000):
+        curve = draw_progress(random.Random(seed), REALISTIC_PROGRESS_MIX)
+        curves[curve.kind].append([curve.at(f) for f in FRACTIONS])
+    for kind, seen in curves.items():
+        assert seen, kind
+        assert all(0 <= p <= 99 for values in seen for p in values), kind
+        assert all(values[0] == 0 for values in seen), kind
+
+    def went_back(values: list[int]) -> bool:
+        return any(b < a for a, b in itertools.pairwise(values))
+
+    noisy = curves["noisy"]
+    # Rises with time: late answers above early ones, near the top at the end ...
+    assert all(v[90] > v[50] > v[10] for v in noisy)
+    assert statistics.median(v[99] for v in noisy) >= 95
+    # ... but noisily: many tasks go back now and then, never far.
+    assert sum(map(went_back, noisy)) / len(noisy) > 0.3
+    assert all(b - a > -15 for v in noisy for a, b in itertools.pairwise(v))
+    # Stuck: the last 15-45 % of the duration at one value of 90-99.
+    for values in curves["stuck"]:
+        assert 90 <= values[99] <= 99
+        assert len(set(values[85:])) == 1
+    stuck_for = [sum(1 for p in v if p == v[99]) for v in curves["stuck"]]
+    assert min(stuck_for) >= 15 and max(stuck_for) >= 35
+    # Coarse: only whole steps, and every step shows up.
+    assert {p for v in curves["coarse_25"] for p in v} == {0, 25, 50, 75}
+    thirds = {p for v in curves["coarse_33"] for p in v}
+    assert {0, 33, 66} <= thirds <= {0, 33, 66, 99}
+    # Flat: never moves until the end.
+    assert {p for v in curves["flat"] for p in v} == {0}
+
+
+def test_realistic_progress_is_reproducible_from_its_generator() -> None:
+    first = draw_progress(random.Random(9), REALISTIC_PROGRESS_MIX)
+    again = draw_progress(random.Random(9), REALISTIC_PROGRESS_MIX)
+    other = draw_progress(random.Random(10), REALISTIC_PROGRESS_MIX)
+    assert first == again
+    assert [first.at(f) for f in FRACTIONS] == [again.at(f) for f in FRACTIONS]
+    assert first != other
+
+
+def test_realistic_mode_over_http_draws_per_model_and_scales_time(http: httpx.Client) -> None:
+    scale = 1000.0
+    http.post("/_sim/config", json={"realistic": True, "time_scale": scale, "seed": 1})
+    for n in range(60):
+        submit_id(http, *realistic_body(MODELS[n % 3], f"cat {n}"))
+    records = task_records(http)
+    assert len(records) == 60
+    kinds = Counter(r["progress_kind"] for r in records.values())
+    assert set(kinds) <= set(REALISTIC_PROGRESS_MIX) and len(kinds) >= 3
+    for record in records.values():
+        shape = REALISTIC_DURATIONS[record["model"]]
+        assert shape.low_s / scale <= record["duration_s"] <= shape.high_s / scale
+        assert record["ended"] == pytest.approx(record["made"] + record["duration_s"])
+        assert record["outcome"] == "succeeded"
+    by_model = {
+        model: statistics.median(r["duration_s"] for r in records.values() if r["model"] == model)
+        for model in MODELS
+    }
+    assert by_model["veo3.1-fast"] < by_model["sora-2"] < by_model["veo3.1-pro"]
+
+
+def test_realistic_running_answers_end_at_100(http: httpx.Client) -> None:
+    # Sora at 1/600: 0.1-1.5 s; progress read as it runs, then the final answer.
+    http.post("/_sim/config", json={"realistic": True, "time_scale": 600.0, "seed": 2})
+    ids = [submit_id(http, SORA, sora_body(f"dog {n}")) for n in range(5)]
+    for task_id in ids:
+        seen = []
+        deadline = time.monotonic() + FINAL_WITHIN_S
+        while time.monotonic() < deadline:
+            data = http.post(POLL, json={"id": task_id}).json()["data"]
+            if data["status"] != "running":
+                break
+            seen.append(data["progress"])
+            time.sleep(0.02)
+        assert all(0 <= p <= 99 for p in seen)
+        assert data["status"] == "succeeded" and data["progress"] == 100
+
+
+def test_realistic_tasks_are_the_same_for_a_seed_whatever_the_order(http: httpx.Client) -> None:
+    prompts = [(MODELS[n % 3], f"fox {n}") for n in range(30)]
+    # The default outcome mix too: a rejected submit ([code -2]) is an outcome drawn like others.
+    http.post("/_sim/config", json={"realistic": True, "seed": 11, "mix": DEFAULT_MIX})
+
+    def submit_all(order: list[tuple[str, str]]) -> dict[str, tuple[str, float, str, str]]:
+        rejected = {}
+        for model, prompt in order:
+            path, body = realistic_body(model, prompt)
+            answer = http.post(path, json=body).json()
+            if answer["code"] != 0:
+                rejected[prompt] = (model, 0.0, "", "api_error")
+        return by_prompt(http) | rejected
+
+    first = submit_all(prompts)
+    http.post("/_sim/reset")
+    again = submit_all(prompts[::-1])
+    assert first == again
+    assert len({outcome for *_, outcome in first.values()}) >= 2  # the mix shows, reproducibly
+    # A second submit of the same prompt is a new draw; another seed, other tasks.
+    path, body = realistic_body(*prompts[0])
+    http.post(path, json=body)
+    durations = [r["duration_s"] for r in task_records(http).values() if r["prompt"] == "fox 0"]
+    assert len(durations) == 2 and durations[0] != durations[1]
+    http.post("/_sim/reset")
+    http.post("/_sim/config", json={"seed": 12})
+    other = submit_all(prompts)
+    assert sum(1 for p in first if first[p][1] != other[p][1]) >= 25
+
+
+def test_time_scale_divides_the_uniform_generation_times_too(http: httpx.Client) -> None:
+    http.post("/_sim/config", json={"generation_s": [4.0, 8.0], "time_scale": 40.0})
+    for n in range(20):
+        submit_id(http, SORA, sora_body(f"owl {n}"))
+    records = task_records(http).values()
+    assert all(0.1 <= r["duration_s"] <= 0.2 for r in records)
+    assert {r["progress_kind"] for r in records} == {"linear"}
+
+
+def test_realistic_config_is_checked(http: httpx.Client) -> None:
+    assert SimulatorConfig().realistic is False and SimulatorConfig().time_scale == 1.0
+    unordered = {"median_s": 1, "sigma": 0.1, "low_s": 2, "high_s": 3}
+    for bad in (
+        {"progress_mix": {"wobbly": 1.0}},
+        {"progress_mix": {"flat": 0.0}},
+        {"time_scale": 0},
+        {"durations": {"sora-2": unordered}},
+    ):
+        assert http.post("/_sim/config", json=bad).status_code == 422, bad
