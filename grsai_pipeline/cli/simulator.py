@@ -18,8 +18,27 @@ import click
     show_default=True,
     help="Shortest and longest generation time, in seconds.",
 )
+@click.option(
+    "--realistic",
+    is_flag=True,
+    help="Generation times per model with a long tail (Sora-2 mostly 2-5 minutes, Veo up to 16)"
+    " and noisy, sometimes stuck or coarse progress, instead of --generation-s.",
+)
+@click.option(
+    "--time-scale",
+    default=1.0,
+    type=click.FloatRange(min=0, min_open=True),
+    show_default=True,
+    help="Divide every generation time by this (10: a 3-minute video takes 18 s).",
+)
 def simulator(
-    host: str, port: int, api_key: str | None, seed: int | None, generation_s: tuple[float, float]
+    host: str,
+    port: int,
+    api_key: str | None,
+    seed: int | None,
+    generation_s: tuple[float, float],
+    realistic: bool,
+    time_scale: float,
 ) -> None:
     """Serve a Grsai-compatible API with latency, progress, a failure mix and fault injection.
 
@@ -27,6 +46,12 @@ def simulator(
     """
     from grsai_pipeline.dev.simulator import SimulatorConfig, serve
 
-    config = SimulatorConfig(api_key=api_key, seed=seed, generation_s=generation_s)
+    config = SimulatorConfig(
+        api_key=api_key,
+        seed=seed,
+        generation_s=generation_s,
+        realistic=realistic,
+        time_scale=time_scale,
+    )
     click.echo(f"Grsai simulator on http://{host}:{port} (Ctrl-C to stop)", err=True)
     serve(host, port, config)
