@@ -24,6 +24,7 @@ from typing import Final
 
 from grsai_pipeline.domain.states import (
     AUTO_RETRYABLE,
+    FINAL_STATUSES,
     QUEUED,
     FailureKind,
     RemoteResult,
@@ -246,6 +247,7 @@ _RETRY_FIELDS: Final = {
     "video_url": None,
     "error_message": None,
     "failure_kind": None,
+    "finished_at": None,
 }
 
 
@@ -312,6 +314,8 @@ def _after_answer(
         change = _running(task, outcome.progress, now, policy)
     if change is None:
         return None
+    if change.get("status") in FINAL_STATUSES:
+        change["finished_at"] = now  # with submitted_at: how long its model takes
     return Transition(task.id, change, AT_API, when_remote_id=task.grsai_task_id, event=event)
 
 

@@ -42,6 +42,7 @@ from grsai_pipeline.domain.lifecycle import (
     Transition,
     decide,
 )
+from grsai_pipeline.domain.pacing import ModelDurations, Pace, next_poll_in
 from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.domain.states import RetryPolicy, TaskStatus
 from grsai_pipeline.engine.alarm import Alarm
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 # How often the database is read again for work that other writers made: every two seconds,
 # or less often when reading takes long (thousands of open batches), never over 5% of the time.
 RESCAN_EVERY_S: Final = 2.0
+# How often the engine reads again how long recent tasks of each model took.
+DURATIONS_EVERY_S: Final = 60.0
 RESCAN_SHARE: Final = 0.05
 
 
@@ -88,6 +91,10 @@ class EngineSettings:
     policy: RetryPolicy
     webhook_for: Callable[[str], str]
     prices: PriceTable
+    # The longest wait between two polls of a task (GRSAI_POLL_MAX_GAP_S; 0: the interval,
+    # fixed-interval polling), and whether callbacks tell the ends (polls are a backstop).
+    poll_max_gap_s: float = 0.0
+    callbacks: bool = False
 
 
 class Engine:
@@ -117,8 +124,18 @@ class Engine:
         # (measured: a transaction took 3x longer). PostgreSQL waits on the network, so its
         # transactions run in a worker thread while the event loop keeps the wire busy.
         self._inline_db = not is_postgres(db)
-        # How far ahead a poll's answer (or an accepted submit) holds the task for this engine.
-        self._hold = hold_for(settings.poll_interval_s, settings.claim_lease_s)
+        # When to poll each task next (domain/pacing.py), from the durations of recent tasks of
+        # its model (read again every DURATIONS_EVERY_S) and its progress.
+        self._pace = Pace(
+            settings.poll_interval_s,
+            max(settings.poll_interval_s, settings.poll_max_gap_s),
+            settings.callbacks,
+        )
+        self._durations: dict[str, ModelDurations] = {}
+        self._durations_due = 0.0
+        # How far ahead a poll's answer (or an accepted submit) holds the task for this engine:
+        # past the longest wait until its next poll.
+        self._hold = hold_for(self._pace.max_gap_s, settings.claim_lease_s)
         self._reader = ScopeReader(
             db, scope, heartbeat, settings.claim_lease_s, settings.prices, self._hold
         )
@@ -302,15 +319,15 @@ class Engine:
             self._stopped = self._stopped or exc
             self._polls.schedule(task, 0.0)
             return
-        self._record(task.state, task.batch_job_id, Answered(result), task.is_sora)
+        self._record(task.state, task.batch_job_id, Answered(result), task.model)
 
     async def _submit(self, claimed: ClaimedTask) -> None:
         try:
             event = await self._send(claimed)
         finally:
             self._submits_in_flight -= 1
-        is_sora = claimed.spec is not None and claimed.spec.is_sora
-        self._record(claimed.state, claimed.batch_job_id, event, is_sora)
+        model = claimed.spec.model if claimed.spec is not None else None
+        self._record(claimed.state, claimed.batch_job_id, event, model)
 
     async def _send(self, claimed: ClaimedTask) -> Event:
         if claimed.spec is None:
@@ -342,7 +359,7 @@ class Engine:
             return Accepted(answer.task_id, answer.uncertain_tries)
         return Rejected(answer.msg, answer.uncertain_tries)
 
-    def _record(self, state: TaskState, batch_id: str, event: Event, is_sora: bool) -> None:
+    def _record(self, state: TaskState, batch_id: str, event: Event, model: str | None) -> None:
         """Decide what the task becomes, queue the write, and follow it on in memory."""
         self._rescanned_clean = False
         transition = decide(state, event, now=utc_now(), policy=self.settings.policy)
@@ -356,12 +373,24 @@ class Engine:
             if isinstance(event, Answered):
                 # Still at the API: when it was last answered orders the next runner's polls.
                 self._unwritten.answered(state.id)
-            task = RemoteTask(after, batch_id, is_sora)
-            self._polls.schedule(task, self.settings.poll_interval_s)
+            task = RemoteTask(after, batch_id, model)
+            before = state.progress if isinstance(event, Answered) else None
+            self._polls.schedule(task, self._next_poll_in(task, before))
         else:
             self._polls.forget(state.id)
             if after.status == TaskStatus.PENDING.value:
                 self._want(batch_id)
+
+    def _next_poll_in(self, task: RemoteTask, progress_before: int | None) -> float:
+        """Seconds until ``task``'s next poll, from its progress and its model's history."""
+        submitted = task.state.submitted_at
+        return next_poll_in(
+            self._pace,
+            elapsed_s=(utc_now() - submitted).total_seconds() if submitted else 0.0,
+            progress=task.state.progress,
+            progress_before=progress_before,
+            durations=self._durations.get(task.model or ""),
+        )
 
     def _want(self, batch_id: str) -> None:
         if self._claiming and batch_id in self._batches and batch_id not in self._rotation:
@@ -374,7 +403,7 @@ class Engine:
     def _release_unsent(self) -> None:
         while self._to_submit:
             claimed = self._to_submit.popleft()
-            self._record(claimed.state, claimed.batch_job_id, NotSent(), False)
+            self._record(claimed.state, claimed.batch_job_id, NotSent(), None)
 
     # --- the database ---------------------------------------------------------------------
 
@@ -475,7 +504,10 @@ class Engine:
         if known is None:
             return claimed, None
         started = time.monotonic()
-        seen = self._reader.read(known)
+        durations = started >= self._durations_due
+        if durations:
+            self._durations_due = started + DURATIONS_EVERY_S
+        seen = self._reader.read(known, durations=durations)
         self._rescan_took = time.monotonic() - started
         if self.settles:
             self.report.settled += self._reader.settle_finished(seen)
@@ -488,6 +520,8 @@ class Engine:
             self._deadline = min(self._deadline, time.monotonic())
             return
         self._batches = list(seen.batches)
+        if seen.durations is not None:
+            self._durations = seen.durations
         in_scope = set(seen.batches)
         for batch_id in list(self._rotation):
             if batch_id not in in_scope:
@@ -504,11 +538,11 @@ class Engine:
         for task in seen.new_at_api:
             if task.state.id in self._polls or task.state.id in decided_since:
                 continue  # known, or answered while the database was being read
-            # Due one interval after its last answer (any runner's) or its submit: overdue
+            # Due a paced wait after its last answer (any runner's) or its submit: overdue
             # tasks sort by how long they have waited, the longest-waiting polled first.
             last = max((d for d in (task.state.submitted_at, task.polled_at) if d), default=None)
             waited = (wall_now - last).total_seconds() if last else interval
-            self._polls.schedule(task, interval - waited)
+            self._polls.schedule(task, self._next_poll_in(task, None) - waited)
         self.report.unfinished = sum(seen.unfinished.values())
         self.report.waiting_claimable = sum(seen.waiting.values()) if self._claiming else 0
         self._rescanned_clean = not self._unwritten and not self._in_flight

@@ -16,11 +16,13 @@ from datetime import timedelta
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as Database
 
+from grsai_pipeline.domain.pacing import ModelDurations
 from grsai_pipeline.domain.pricing import PriceTable
 from grsai_pipeline.engine.scope import Scope
 from grsai_pipeline.store.cancels import cancelled_among, sweep_cancelled
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.durations import recent_durations
 from grsai_pipeline.store.intake import awaiting_intake, take_in_batch
 from grsai_pipeline.store.polls import poll_holds, share_of, take_polls
 from grsai_pipeline.store.runners import Heartbeat
@@ -43,6 +45,8 @@ class Rescan:
     ids_at_api: set[str]
     new_at_api: list[RemoteTask]
     handed_over: bool = False
+    # Recent durations per model (store/durations.py), when this read looked again.
+    durations: dict[str, ModelDurations] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ class ScopeReader:
     prices: PriceTable
     hold: timedelta
 
-    def read(self, known: set[str]) -> Rescan:
-        """The scope now; ``known``: the tasks at the API the engine already follows."""
+    def read(self, known: set[str], *, durations: bool = False) -> Rescan:
+        """The scope now; ``known``: the tasks at the API the engine already follows; with
+        ``durations``, how long recent tasks of each model took, too."""
         with reading(self.db) as conn:
             handed_over = self.scope.handed_over(conn, self.heartbeat)
             batches = [] if handed_over else self.scope.batch_ids(conn)
@@ -77,7 +82,8 @@ class ScopeReader:
         unknown = ids - known
         with reading(self.db) as conn:
             new = tasks_at_api(conn, unknown) if unknown else []
-        return Rescan(batches, claimable, unfinished, ids, new, handed_over)
+            paced = recent_durations(conn) if durations else None
+        return Rescan(batches, claimable, unfinished, ids, new, handed_over, paced)
 
     def settle_finished(self, seen: Rescan) -> list[Settlement]:
         """Settle every batch in scope whose tasks are all final (callbacks may have finished

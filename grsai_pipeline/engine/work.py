@@ -46,6 +46,8 @@ def engine_settings(settings: Settings) -> EngineSettings:
         policy=settings.retry_policy,
         webhook_for=_webhook_maker(settings),
         prices=settings.price_table,
+        poll_max_gap_s=settings.poll_max_gap_s,
+        callbacks=settings.callback_base_url is not None,
     )
 
 

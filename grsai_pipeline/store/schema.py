@@ -107,6 +107,9 @@ video_tasks = sa.Table(
     # Ours: the task's reservation, 1 for its first and one more per retry by backfill (the
     # ledger's ``reservation`` of its entries), bounded by GRSAI_MAX_BACKFILL_RETRIES.
     sa.Column("reservation", sa.Integer, nullable=False, server_default="1"),
+    # Ours: when an answer of the API said the task ended; with ``submitted_at``, how long
+    # tasks of a model take (store/durations.py: the engine's poll pacing).
+    sa.Column("finished_at", UtcDateTime, nullable=True),
     sa.UniqueConstraint("batch_job_id", "batch_index", name="uq_video_tasks_batch_index"),
     sa.CheckConstraint(
         "status IN ('pending', 'queued', 'processing', 'succeeded', 'failed')", name="status_known"
@@ -122,6 +125,13 @@ video_tasks = sa.Table(
         "updated_at",
         sqlite_where=sa.text("status = 'succeeded' AND archived_url IS NULL"),
         postgresql_where=sa.text("status = 'succeeded' AND archived_url IS NULL"),
+    ),
+    # Recent succeeded tasks, newest first: the durations of each model.
+    sa.Index(
+        "ix_video_tasks_finished",
+        "finished_at",
+        sqlite_where=sa.text("status = 'succeeded'"),
+        postgresql_where=sa.text("status = 'succeeded'"),
     ),
     # Tasks a web app wrote as rows and nobody has priced yet (store/intake.py): few, findable.
     sa.Index(

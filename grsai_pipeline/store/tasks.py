@@ -81,9 +81,13 @@ class RemoteTask:
 
     state: TaskState
     batch_job_id: str
-    is_sora: bool
+    model: str | None
     # The last answer to a poll of it, by any runner (None: not polled since its submit).
     polled_at: datetime | None = None
+
+    @property
+    def is_sora(self) -> bool:
+        return self.model in SORA_MODELS
 
 
 _STATE_COLUMNS = (
@@ -368,7 +372,7 @@ def tasks_at_api(conn: Connection, task_ids: Collection[str]) -> list[RemoteTask
 
 def _remote(row: Any) -> RemoteTask:
     polled_at = getattr(row, "polled_at", None)
-    return RemoteTask(_state(row), row.batch_job_id, row.model in SORA_MODELS, polled_at)
+    return RemoteTask(_state(row), row.batch_job_id, row.model, polled_at)
 
 
 def task_for_callback(conn: Connection, task_id: str) -> RemoteTask | None:

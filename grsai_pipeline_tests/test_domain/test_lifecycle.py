@@ -103,6 +103,7 @@ def test_succeeded_task_becomes_succeeded_with_its_url() -> None:
     assert transition.change["video_url"] == VIDEO
     assert transition.change["progress"] == 100
     assert transition.change["error_message"] is None
+    assert transition.change["finished_at"] == NOW  # how long its model takes
 
 
 @pytest.mark.parametrize("attempts", [1, 2])
@@ -367,6 +368,7 @@ def test_a_retry_by_backfill_starts_the_failed_task_afresh() -> None:
         "video_url": None,
         "error_message": None,
         "failure_kind": None,
+        "finished_at": None,
         "reservation": 2,
     }
 

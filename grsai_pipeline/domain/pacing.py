@@ -1,0 +1,88 @@
+"""When to poll a task next (SPEC 7 "Polling", issue 25): fewer polls for the same freshness.
+
+A poll that answers "running" tells little; the one that matters is the first after the video
+is done. So the wait before the next poll is decided from what is known of the task:
+
+- **History**: recent finished tasks of its model (``ModelDurations``, from the application
+  database). Few tasks end before the early quantile of those durations, so until then the
+  engine waits most of the time left to it.
+- **Progress**: while the task's ``progress`` does not go back, the time left is estimated
+  from its pace since the submit (``elapsed * (100 - p) / p``), and the engine waits a share
+  of it, so the waits shrink as the end nears (coarse or noisy progress stays inside that
+  margin).
+
+The shorter wait of the two wins, never less than ``interval_s`` (GRSAI_POLL_INTERVAL_S) nor
+more than ``max_gap_s`` (GRSAI_POLL_MAX_GAP_S). With neither usable (no history, no progress,
+progress that is stuck or went backwards) it is ``interval_s``: the fixed-interval polling
+this replaces. In callback mode polls are a backstop, every ``max_gap_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+# How many finished tasks of a model make a history worth trusting.
+MIN_HISTORY: Final = 5
+# Which quantile of a model's durations counts as "few end sooner".
+EARLY_QUANTILE: Final = 0.05
+# Shares of the time left that the engine waits: a margin for a history that drifts and for
+# progress that is coarse (steps of 25) or noisy.
+HISTORY_SHARE: Final = 0.8
+PROGRESS_SHARE: Final = 0.3
+
+
+@dataclass(frozen=True)
+class ModelDurations:
+    """What recent finished tasks of one model took, from their submit to their end."""
+
+    count: int
+    early_s: float  # EARLY_QUANTILE of the durations
+
+    @classmethod
+    def of(cls, durations_s: Sequence[float]) -> ModelDurations | None:
+        """None for too short a history to trust."""
+        usable = sorted(d for d in durations_s if d > 0)
+        if len(usable) < MIN_HISTORY:
+            return None
+        return cls(len(usable), usable[int(EARLY_QUANTILE * (len(usable) - 1))])
+
+
+@dataclass(frozen=True)
+class Pace:
+    interval_s: float
+    max_gap_s: float
+    callbacks: bool = False
+
+    @property
+    def fixed(self) -> bool:
+        """GRSAI_POLL_MAX_GAP_S at the interval: plain fixed-interval polling."""
+        return self.max_gap_s <= self.interval_s
+
+
+def next_poll_in(
+    pace: Pace,
+    *,
+    elapsed_s: float,
+    progress: int | None,
+    progress_before: int | None,
+    durations: ModelDurations | None,
+) -> float:
+    """Seconds until the next poll of a task ``elapsed_s`` after its submit, whose last answer
+    said ``progress`` (``progress_before`` the one before, when known)."""
+    if pace.callbacks:
+        return pace.max_gap_s  # the callback tells the end; polls only catch a lost one
+    if pace.fixed:
+        return pace.interval_s
+    waits = []
+    if durations is not None and elapsed_s < durations.early_s:
+        waits.append(HISTORY_SHARE * (durations.early_s - elapsed_s))
+    # Progress that went backwards says nothing to trust; one that stays put (coarse steps,
+    # a pause) still gives a pace, which only slows as it stays.
+    steady = progress_before is None or (progress is not None and progress >= progress_before)
+    if progress is not None and 0 < progress < 100 and steady and elapsed_s > pace.interval_s:
+        left = elapsed_s * (100 - progress) / progress
+        waits.append(PROGRESS_SHARE * left)
+    wait = min(waits) if waits else pace.interval_s
+    return max(pace.interval_s, min(pace.max_gap_s, wait))

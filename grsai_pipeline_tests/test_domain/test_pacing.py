@@ -1,0 +1,68 @@
+"""When to poll a task next (issue 25): sparingly far from the end, every interval near it,
+never longer than the max gap, and today's fixed interval when nothing is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from grsai_pipeline.domain.pacing import ModelDurations, Pace, next_poll_in
+
+PACE = Pace(interval_s=2.0, max_gap_s=60.0)
+SORA = ModelDurations.of([150.0, 160.0, 180.0, 200.0, 240.0, 300.0])
+
+
+def wait(
+    elapsed: float,
+    progress: int | None = None,
+    before: int | None = None,
+    durations: ModelDurations | None = None,
+    pace: Pace = PACE,
+) -> float:
+    return next_poll_in(
+        pace, elapsed_s=elapsed, progress=progress, progress_before=before, durations=durations
+    )
+
+
+def test_with_nothing_known_it_polls_every_interval() -> None:
+    assert wait(0.0) == 2.0
+    assert wait(100.0, progress=0, before=0) == 2.0
+    assert ModelDurations.of([100.0] * 4) is None  # too short a history to trust
+
+
+def test_far_before_the_model_s_early_end_it_waits_up_to_the_max_gap() -> None:
+    assert SORA is not None and SORA.early_s == 150.0
+    assert wait(0.0, durations=SORA) == 60.0
+    assert wait(100.0, durations=SORA) == pytest.approx(40.0)  # 0.8 x the 50 s left
+    assert wait(149.0, durations=SORA) == 2.0
+    assert wait(200.0, durations=SORA) == 2.0  # past it, with no progress: every interval
+
+
+def test_rising_progress_shortens_the_waits_as_the_end_nears() -> None:
+    waits = [wait(elapsed, progress=int(elapsed / 2), before=0) for elapsed in (20, 100, 180)]
+    assert waits == sorted(waits, reverse=True)
+    assert waits[0] == 54.0  # 0.3 x 180 s left at 10 %
+    assert waits[-1] == pytest.approx(6.0)  # 0.3 x 20 s left at 90 %
+    assert wait(198.0, progress=99, before=98) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("progress", "before"),
+    [(40, 55), (0, 0), (None, 30), (100, 99)],
+    ids=["went backwards", "never moved from 0", "no progress", "at 100 still running"],
+)
+def test_progress_that_tells_nothing_falls_back_to_the_interval(
+    progress: int | None, before: int | None
+) -> None:
+    assert wait(300.0, progress=progress, before=before) == 2.0
+
+
+def test_never_longer_than_the_max_gap_and_never_shorter_than_the_interval() -> None:
+    for elapsed in (0.0, 1.0, 10.0, 500.0, 5000.0):
+        for progress in (None, 1, 50, 99):
+            for durations in (None, SORA, ModelDurations.of([9000.0] * 10)):
+                assert 2.0 <= wait(elapsed, progress, None, durations) <= 60.0
+
+
+def test_callbacks_make_polls_a_backstop_and_an_equal_gap_fixed_polling() -> None:
+    assert wait(10.0, durations=SORA, pace=Pace(2.0, 60.0, callbacks=True)) == 60.0
+    assert wait(10.0, progress=1, durations=SORA, pace=Pace(2.0, 2.0)) == 2.0
