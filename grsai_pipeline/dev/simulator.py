@@ -23,7 +23,8 @@ Generation times are ``generation_s`` (uniform) by default; with ``realistic`` t
 per model with a long tail and the progress rises noisily, sometimes stuck or coarse (the mix
 is in :mod:`grsai_pipeline.dev.generation`); ``time_scale`` divides every generation time, so
 the same shapes run faster. ``GET /_sim/tasks`` tells each task's model, outcome, progress kind,
-and when it was made and ended upstream (wall clock, the clock of ``/_sim/polls``).
+when it was made and ended upstream, and when a poll first told its end (wall clock, the clock
+of ``/_sim/polls``).
 
 A succeeded task's result URL is ``GET /_sim/videos/<id>.mp4`` on the simulator itself: an
 MP4 container of ``video_bytes`` bytes, public (no key), from the moment the task finishes
@@ -191,6 +192,8 @@ class _State:
     callbacks: set[asyncio.Task[None]] = field(default_factory=set)
     # Per task id, the wall-clock times it was polled at (only with ``log_polls``).
     polls: dict[str, list[float]] = field(default_factory=dict)
+    # Per task id, when a poll first answered it final (wall clock): when the client was told.
+    told: dict[str, float] = field(default_factory=dict)
 
 
 class Simulator:
@@ -286,6 +289,8 @@ class Simulator:
         if task is None or task.outcome == "lost" or elapsed < state.config.not_found_window_s:
             return JSONResponse({"code": -22, "msg": "task not found"})
         data = _poll_data(task, elapsed, str(request.base_url).rstrip("/"))
+        if data["status"] != "running":
+            state.told.setdefault(task.id, time.time())
         return JSONResponse({"code": 0, "msg": "success", "data": data})
 
     async def _video(self, request: Request) -> Response:
@@ -436,8 +441,9 @@ class Simulator:
         return JSONResponse(self.task_records())
 
     def task_records(self) -> dict[str, dict[str, Any]]:
-        """Per task id: its model, prompt, outcome, progress kind, duration, and when it was
-        made and when its poll first answers it final (wall clock, as ``/_sim/polls``)."""
+        """Per task id: its model, prompt, outcome, progress kind, duration, when it was made,
+        when it ended (its poll answers it final from then on) and when a poll first told it
+        (None until one did); wall clock, as ``/_sim/polls``."""
         offset = time.time() - time.monotonic()
         return {
             task.id: {
@@ -448,6 +454,7 @@ class Simulator:
                 "duration_s": task.duration_s,
                 "made": offset + task.created,
                 "ended": offset + task.created + task.ends_after_s,
+                "told": self.state.told.get(task.id),
             }
             for task in self.state.tasks.values()
         }

@@ -806,6 +806,7 @@ def test_realistic_mode_over_http_draws_per_model_and_scales_time(http: httpx.Cl
         shape = REALISTIC_DURATIONS[record["model"]]
         assert shape.low_s / scale <= record["duration_s"] <= shape.high_s / scale
         assert record["ended"] == pytest.approx(record["made"] + record["duration_s"])
+        assert record["told"] is None  # never polled
         assert record["outcome"] == "succeeded"
     by_model = {
         model: statistics.median(r["duration_s"] for r in records.values() if r["model"] == model)
@@ -829,6 +830,12 @@ def test_realistic_running_answers_end_at_100(http: httpx.Client) -> None:
             time.sleep(0.02)
         assert all(0 <= p <= 99 for p in seen)
         assert data["status"] == "succeeded" and data["progress"] == 100
+    # When a poll first told each end: after it, and only once (a later poll changes nothing).
+    told = {task_id: r["told"] for task_id, r in task_records(http).items()}
+    http.post(POLL, json={"id": ids[0]})
+    records = task_records(http)
+    assert {task_id: r["told"] for task_id, r in records.items()} == told
+    assert all(r["ended"] - 0.01 <= r["told"] <= r["ended"] + 1.0 for r in records.values())
 
 
 def test_realistic_tasks_are_the_same_for_a_seed_whatever_the_order(http: httpx.Client) -> None:
