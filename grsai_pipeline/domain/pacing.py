@@ -6,10 +6,10 @@ is done. So the wait before the next poll is decided from what is known of the t
 - **History**: recent finished tasks of its model (``ModelDurations``, from the application
   database). Few tasks end before the early quantile of those durations, so until then the
   engine waits most of the time left to it.
-- **Progress**: while the task's ``progress`` does not go back, the time left is estimated
-  from its pace since the submit (``elapsed * (100 - p) / p``), and the engine waits a share
-  of it, so the waits shrink as the end nears (coarse or noisy progress stays inside that
-  margin).
+- **Progress**: while the task's ``progress`` does not go back, its end is estimated from the
+  pace at which it reached its figure (``t_p * 100 / p``, ``t_p`` when the figure was first
+  seen), and the engine waits a share of the time left, so the waits shrink as the end nears;
+  past that end (a coarse step overdue, progress stuck near 100) it polls every interval.
 
 The shorter wait of the two wins, never less than ``interval_s`` (GRSAI_POLL_INTERVAL_S) nor
 more than ``max_gap_s`` (GRSAI_POLL_MAX_GAP_S). With neither usable (no history, no progress,
@@ -68,9 +68,11 @@ def next_poll_in(
     progress: int | None,
     progress_before: int | None,
     durations: ModelDurations | None,
+    progress_from_s: float | None = None,
 ) -> float:
     """Seconds until the next poll of a task ``elapsed_s`` after its submit, whose last answer
-    said ``progress`` (``progress_before`` the one before, when known)."""
+    said ``progress`` (``progress_before`` the one before, when known), first seen
+    ``progress_from_s`` after the submit (when known)."""
     if pace.callbacks:
         return pace.max_gap_s  # the callback tells the end; polls only catch a lost one
     if pace.fixed:
@@ -82,7 +84,11 @@ def next_poll_in(
     # a pause) still gives a pace, which only slows as it stays.
     steady = progress_before is None or (progress is not None and progress >= progress_before)
     if progress is not None and 0 < progress < 100 and steady and elapsed_s > pace.interval_s:
-        left = elapsed_s * (100 - progress) / progress
-        waits.append(PROGRESS_SHARE * left)
+        # Paced from when this figure appeared: progress in coarse steps (25, 50, 75) says
+        # when the next step is due, not only how far it is.
+        reached = progress_from_s if progress_from_s is not None else elapsed_s
+        left = reached * 100 / progress - elapsed_s
+        # Past the end its own pace predicts: the end is near (or progress is stuck near it).
+        waits.append(PROGRESS_SHARE * left if left > 0 else pace.interval_s)
     wait = min(waits) if waits else pace.interval_s
     return max(pace.interval_s, min(pace.max_gap_s, wait))

@@ -319,7 +319,7 @@ class Engine:
             self._stopped = self._stopped or exc
             self._polls.schedule(task, 0.0)
             return
-        self._record(task.state, task.batch_job_id, Answered(result), task.model)
+        self._record(task.state, task.batch_job_id, Answered(result), task.model, task)
 
     async def _submit(self, claimed: ClaimedTask) -> None:
         try:
@@ -359,7 +359,14 @@ class Engine:
             return Accepted(answer.task_id, answer.uncertain_tries)
         return Rejected(answer.msg, answer.uncertain_tries)
 
-    def _record(self, state: TaskState, batch_id: str, event: Event, model: str | None) -> None:
+    def _record(
+        self,
+        state: TaskState,
+        batch_id: str,
+        event: Event,
+        model: str | None,
+        polled: RemoteTask | None = None,
+    ) -> None:
         """Decide what the task becomes, queue the write, and follow it on in memory."""
         self._rescanned_clean = False
         transition = decide(state, event, now=utc_now(), policy=self.settings.policy)
@@ -373,8 +380,17 @@ class Engine:
             if isinstance(event, Answered):
                 # Still at the API: when it was last answered orders the next runner's polls.
                 self._unwritten.answered(state.id)
-            task = RemoteTask(after, batch_id, model)
             before = state.progress if isinstance(event, Answered) else None
+            now = utc_now()
+            seen_at = polled.progress_seen_at if polled is not None else None
+            if before is not None and (after.progress != before or seen_at is None):
+                # A new figure appeared since the last answer: halfway, as a best guess.
+                last = polled.answered_at if polled is not None else None
+                seen_at = last + (now - last) / 2 if last is not None else now
+            answered_at = now if isinstance(event, Answered) else None
+            task = RemoteTask(
+                after, batch_id, model, progress_seen_at=seen_at, answered_at=answered_at
+            )
             self._polls.schedule(task, self._next_poll_in(task, before))
         else:
             self._polls.forget(state.id)
@@ -383,13 +399,14 @@ class Engine:
 
     def _next_poll_in(self, task: RemoteTask, progress_before: int | None) -> float:
         """Seconds until ``task``'s next poll, from its progress and its model's history."""
-        submitted = task.state.submitted_at
+        submitted, seen = task.state.submitted_at, task.progress_seen_at
         return next_poll_in(
             self._pace,
             elapsed_s=(utc_now() - submitted).total_seconds() if submitted else 0.0,
             progress=task.state.progress,
             progress_before=progress_before,
             durations=self._durations.get(task.model or ""),
+            progress_from_s=(seen - submitted).total_seconds() if seen and submitted else None,
         )
 
     def _want(self, batch_id: str) -> None:

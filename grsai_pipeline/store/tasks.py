@@ -84,6 +84,10 @@ class RemoteTask:
     model: str | None
     # The last answer to a poll of it, by any runner (None: not polled since its submit).
     polled_at: datetime | None = None
+    # When its current progress figure likely appeared, and when this engine last had an
+    # answer about it (None: not known to this engine).
+    progress_seen_at: datetime | None = None
+    answered_at: datetime | None = None
 
     @property
     def is_sora(self) -> bool:

@@ -66,3 +66,23 @@ def test_never_longer_than_the_max_gap_and_never_shorter_than_the_interval() -> 
 def test_callbacks_make_polls_a_backstop_and_an_equal_gap_fixed_polling() -> None:
     assert wait(10.0, durations=SORA, pace=Pace(2.0, 60.0, callbacks=True)) == 60.0
     assert wait(10.0, progress=1, durations=SORA, pace=Pace(2.0, 2.0)) == 2.0
+
+
+def test_coarse_progress_is_paced_from_when_its_figure_appeared() -> None:
+    """Steps of 25: at 75 since 150 s (of a 200 s task), the end is due at 200 s, however long
+    the figure has stood; once overdue by its own pace, every interval."""
+    first = next_poll_in(
+        PACE, elapsed_s=160.0, progress=75, progress_before=75, durations=None,
+        progress_from_s=150.0,
+    )  # fmt: skip
+    later = next_poll_in(
+        PACE, elapsed_s=190.0, progress=75, progress_before=75, durations=None,
+        progress_from_s=150.0,
+    )  # fmt: skip
+    overdue = next_poll_in(
+        PACE, elapsed_s=205.0, progress=75, progress_before=75, durations=None,
+        progress_from_s=150.0,
+    )  # fmt: skip
+    assert first == pytest.approx(12.0)  # 0.3 x the 40 s left
+    assert later == pytest.approx(3.0)
+    assert overdue == 2.0

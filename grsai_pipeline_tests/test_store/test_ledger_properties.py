@@ -161,6 +161,7 @@ class TaskModel:
     claimed_by: str | None = None
     remote_id: str | None = None
     reservation: int = 0  # the number of the task's latest reservation (0: none)
+    backfills: int = 0  # retries by backfill so far (bounded by max_backfill_retries)
     open: bool = False  # that reservation has no charge or refund yet
     priced: bool = True  # False: written as a row by a web app, not taken in yet
     # What the task costs by the price table (None: invalid), for its intake.
@@ -828,8 +829,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def _retry(self, batch_id: str) -> None:
         """What retry_failed_tasks does: a settled batch retries its retryable failures."""
         batch = self.model[batch_id]
-        started = retry_failed_tasks(self.engine, batch_id, RetryPolicy())
-        retried = credits = short = 0
+        policy = RetryPolicy()
+        started = retry_failed_tasks(self.engine, batch_id, policy)
+        retried = credits = short = final = 0
         if batch.status == "settled" and not batch.cancelled:
             entries = []
             money = self.accounts[batch.user]
@@ -837,11 +839,16 @@ class LedgerMachine(RuleBasedStateMachine):
             for task in batch.tasks:
                 if task.status != "failed" or task.failure_kind not in BACKFILL_RETRYABLE:
                     continue
+                if task.backfills >= policy.max_backfill_retries:
+                    final += 1  # out of retries: final now, never retried again
+                    task.failure_kind = "retries_exhausted"
+                    continue
                 if task.price > balance:
                     short += 1
                     continue
                 balance -= task.price
                 retried += 1
+                task.backfills += 1
                 credits += task.price
                 task.status, task.failure_kind, task.attempts = "pending", None, 0
                 task.remote_id = None
@@ -855,12 +862,13 @@ class LedgerMachine(RuleBasedStateMachine):
             self._write(entries)
             if retried:
                 batch.status = "running"
-        event(f"retry: {retried > 0} retried, {short > 0} short of credits")
-        assert (started.retried, started.retry_credits, started.short_of_credits) == (
-            retried,
-            credits,
-            short,
-        )
+        event(f"retry: {retried > 0} retried, {short > 0} short of credits, {final > 0} final")
+        assert (
+            started.retried,
+            started.retry_credits,
+            started.short_of_credits,
+            started.final,
+        ) == (retried, credits, short, final)
 
     def _cancel(self, batch_id: str) -> None:
         batch = self.model[batch_id]
