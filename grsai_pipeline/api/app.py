@@ -57,19 +57,16 @@ from grsai_pipeline.domain.states import BatchStatus
 from grsai_pipeline.errors import (
     DatabaseNotReady,
     GrsaiPipelineError,
-    InvalidInput,
     LinkExpired,
     LinkForged,
     NoArchivedVideo,
 )
-from grsai_pipeline.store.accounts import get_account, grant_credits
+from grsai_pipeline.store.accounts import account_ledger, get_account, grant_credits
 from grsai_pipeline.store.archives import archived_copy
 from grsai_pipeline.store.batches import create_batch, get_batch, list_batches
 from grsai_pipeline.store.cancels import cancel_batch
-from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.idempotency import MAX_KEY_LENGTH
-from grsai_pipeline.store.ledger import list_entries, running_ledger
-from grsai_pipeline.store.migrate import HEAD_REVISION, current_revision
+from grsai_pipeline.store.migrate import HEAD_REVISION, current_revision, require_head
 from grsai_pipeline.store.tokens import token_name
 from grsai_pipeline.videos.objects import open_archived
 
@@ -156,12 +153,8 @@ def create_app(
             revision = current_revision(engine)
         except SQLAlchemyError:
             raise DatabaseNotReady("the application database does not answer") from None
-        if revision != HEAD_REVISION:
-            raise DatabaseNotReady(
-                f"the schema is at revision {revision or 'none'}, this version needs "
-                f"{HEAD_REVISION}: run `grsai-pipeline db init`"
-            )
-        return {"status": "ready", "schema_revision": revision}
+        require_head(revision)
+        return {"status": "ready", "schema_revision": HEAD_REVISION}
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
     def openapi() -> JSONResponse:
@@ -259,19 +252,8 @@ def create_app(
         """A user's ledger, oldest first, each entry with the balance after it (as `credits
         ledger`)."""
         after = read_ledger_cursor(cursor) if cursor is not None else -1
-        get_account(engine, user_id)  # 404 for a user with no account
-        if (
-            batch_id is not None
-            and get_batch(engine, batch_id, with_tasks=False).user_id != user_id
-        ):
-            raise InvalidInput("batch_id", f"{batch_id} is a batch of another user")
-        with reading(engine) as conn:
-            # The whole ledger, so that each balance is the account's as it stood.
-            lines = running_ledger(list_entries(conn, user_id=user_id))
         lines = [
-            line
-            for line in lines
-            if line.entry.id > after and batch_id in (None, line.entry.batch_job_id)
+            line for line in account_ledger(engine, user_id, batch_id) if line.entry.id > after
         ]
         page, more = lines[:limit], len(lines) > limit
         return LedgerPage(

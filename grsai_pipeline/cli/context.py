@@ -11,7 +11,7 @@ from grsai_pipeline.cli.exits import one_line
 from grsai_pipeline.config import Settings, load_settings
 from grsai_pipeline.errors import DatabaseNotReady
 from grsai_pipeline.store.db import get_engine
-from grsai_pipeline.store.migrate import HEAD_REVISION, current_revision
+from grsai_pipeline.store.migrate import current_revision, require_head
 
 
 def settings() -> Settings:
@@ -32,11 +32,7 @@ def database(settings: Settings) -> Engine:
         raise DatabaseNotReady(
             f"cannot open the database GRSAI_DATABASE_URL: {database_error(exc)}"
         ) from None
-    if revision != HEAD_REVISION:
-        raise DatabaseNotReady(
-            f"the database schema is at revision {revision or 'none'}, this version needs "
-            f"{HEAD_REVISION}: run `grsai-pipeline db init`"
-        )
+    require_head(revision)
     return engine
 
 

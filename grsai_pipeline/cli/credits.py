@@ -6,14 +6,18 @@ import json
 
 import click
 
+from grsai_pipeline.api.models import CreditsOut
 from grsai_pipeline.cli import context
 from grsai_pipeline.cli.batches import IDEMPOTENCY_HELP
 from grsai_pipeline.cli.views import ledger_json, ledger_table
 from grsai_pipeline.errors import InvalidInput
-from grsai_pipeline.store.accounts import MAX_BALANCE, Account, get_account, grant_credits
-from grsai_pipeline.store.batches import get_batch
-from grsai_pipeline.store.db import reading
-from grsai_pipeline.store.ledger import list_entries, running_ledger
+from grsai_pipeline.store.accounts import (
+    MAX_BALANCE,
+    Account,
+    account_ledger,
+    get_account,
+    grant_credits,
+)
 
 
 @click.group()
@@ -48,16 +52,7 @@ def show(user: str, as_json: bool) -> None:
     """Show USER's spendable balance and the credits held for unsettled work."""
     account = get_account(context.database(context.settings()), user)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "user_id": account.user_id,
-                    "balance": account.balance,
-                    "held": account.held,
-                    "updated_at": account.updated_at.isoformat(),
-                }
-            )
-        )
+        click.echo(json.dumps(CreditsOut.of(account).model_dump(mode="json")))
     else:
         click.echo(f"{user}: {_describe(account)}")
 
@@ -68,15 +63,7 @@ def show(user: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
 def ledger(user: str, batch_id: str | None, as_json: bool) -> None:
     """USER's ledger, newest last: each entry, its transaction, and the balance after it."""
-    database = context.database(context.settings())
-    get_account(database, user)  # UnknownAccount, exit 2, for a user with no account
-    if batch_id is not None and get_batch(database, batch_id, with_tasks=False).user_id != user:
-        raise InvalidInput("--batch", f"{batch_id} is a batch of another user")
-    with reading(database) as conn:
-        # The whole ledger, so that the running balance is the account's, then the batch's part.
-        lines = running_ledger(list_entries(conn, user_id=user))
-    if batch_id is not None:
-        lines = [line for line in lines if line.entry.batch_job_id == batch_id]
+    lines = account_ledger(context.database(context.settings()), user, batch_id)
     if as_json:
         click.echo(json.dumps(ledger_json(lines)))
     else:

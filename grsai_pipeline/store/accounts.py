@@ -10,10 +10,18 @@ from sqlalchemy.engine import Connection, Engine
 
 from grsai_pipeline.domain.ledger import EntryKind, LedgerEntry
 from grsai_pipeline.errors import InvalidInput, UnknownAccount
+from grsai_pipeline.store.batches import read_batch
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.idempotency import Answer, Keyed, once
-from grsai_pipeline.store.ledger import ensure_account, lock_balance, record_transaction
+from grsai_pipeline.store.ledger import (
+    LedgerLine,
+    ensure_account,
+    list_entries,
+    lock_balance,
+    record_transaction,
+    running_ledger,
+)
 from grsai_pipeline.store.schema import credit_accounts
 
 # Far above any real balance, and below 2**63: SQLite turns an overflowing integer into a REAL.
@@ -62,6 +70,21 @@ def grant_credits(
     answer, replayed = once(engine, keyed, grant)
     at = datetime.fromisoformat(answer["at"])
     return Account(user_id, answer["balance"], answer["held"], at, replayed)
+
+
+def account_ledger(engine: Engine, user_id: str, batch_id: str | None = None) -> list[LedgerLine]:
+    """The account's ledger, oldest first, each entry with the account's balance after it (one
+    batch's part of it, when given: the balances stay the whole account's). UnknownAccount for
+    a user with no account, UnknownBatch, or InvalidInput naming ``--batch`` for a batch of
+    another user (the same for ``credits ledger`` and the API)."""
+    with reading(engine) as conn:
+        _read_account(conn, user_id)
+        if batch_id is not None and read_batch(conn, batch_id, with_tasks=False).user_id != user_id:
+            raise InvalidInput("--batch", f"{batch_id} is a batch of another user")
+        lines = running_ledger(list_entries(conn, user_id=user_id))
+    if batch_id is not None:
+        lines = [line for line in lines if line.entry.batch_job_id == batch_id]
+    return lines
 
 
 def get_account(engine: Engine, user_id: str) -> Account:

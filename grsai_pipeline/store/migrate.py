@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from grsai_pipeline.errors import DatabaseNotReady
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -42,6 +44,15 @@ def current_revision(engine: Engine) -> str | None:
         table = sa.table(VERSION_TABLE, sa.column("version_num"))
         version = conn.execute(sa.select(table.c.version_num)).scalar()
         return str(version) if version is not None else None
+
+
+def require_head(revision: str | None) -> None:
+    """DatabaseNotReady, saying what to run, unless ``revision`` is the one this version needs."""
+    if revision != HEAD_REVISION:
+        raise DatabaseNotReady(
+            f"the database schema is at revision {revision or 'none'}, this version needs "
+            f"{HEAD_REVISION}: run `grsai-pipeline db init`"
+        )
 
 
 def alembic_head_revision() -> str:
