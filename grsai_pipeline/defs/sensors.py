@@ -77,7 +77,8 @@ def new_batches_sensor(
     if len(new) > MAX_NEW_PER_TICK:
         # Stop at the last batch taken, so the next tick's window still holds the rest.
         new, last = new[:MAX_NEW_PER_TICK], new[MAX_NEW_PER_TICK - 1]
-    kept = [key for key in partitions if key not in set(junk)]
+    removed = set(junk)
+    kept = [key for key in partitions if key not in removed]
     cursor = seen.after(new, last, last_partition=kept[-1] if kept else None).dump()
     removals: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = (
         [batches.build_delete_request(junk)] if junk else []
