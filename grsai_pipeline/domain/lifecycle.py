@@ -109,6 +109,10 @@ class Answered:
     """What the API said about the task's remote task, from a poll or a callback."""
 
     result: RemoteResult
+    # A poll's: when the task was last known to be running (the answer before, or its submit).
+    # Its end came after: how long its model takes, which the poll's lag does not stretch.
+    # None for a callback, sent at the end.
+    running_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -315,7 +319,8 @@ def _after_answer(
     if change is None:
         return None
     if change.get("status") in FINAL_STATUSES:
-        change["finished_at"] = now  # with submitted_at: how long its model takes
+        # With submitted_at: how long its model takes (domain/pacing.py), at the least.
+        change["finished_at"] = event.running_at or now
     return Transition(task.id, change, AT_API, when_remote_id=task.grsai_task_id, event=event)
 
 

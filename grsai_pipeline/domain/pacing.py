@@ -5,20 +5,27 @@ is done. So the wait before the next poll is decided from what is known of the t
 
 - **History**: recent finished tasks of its model (``ModelDurations``, from the application
   database). Few tasks end before the early quantile of those durations, so until then the
-  engine waits most of the time left to it.
+  engine waits most of the time left to it. Past it, a task that shows no progress figure at
+  all is paced by the history alone: the engine waits while few of the model's tasks that ran
+  as long went on to end within the wait (``NO_PROGRESS_SHARE`` of them).
 - **Progress**: while the task's ``progress`` does not go back, its end is estimated from the
   pace at which it reached its figure (``t_p * 100 / p``, ``t_p`` when the figure was first
   seen), and the engine waits a share of the time left, so the waits shrink as the end nears;
   past that end (a coarse step overdue, progress stuck near 100) it polls every interval.
 
-The shorter wait of the two wins, never less than ``interval_s`` (GRSAI_POLL_INTERVAL_S) nor
-more than ``max_gap_s`` (GRSAI_POLL_MAX_GAP_S). With neither usable (no history, no progress,
-progress that is stuck or went backwards) it is ``interval_s``: the fixed-interval polling
-this replaces. In callback mode polls are a backstop, every ``max_gap_s``.
+The shorter wait wins, never less than ``interval_s`` (GRSAI_POLL_INTERVAL_S) nor more than
+``max_gap_s`` (GRSAI_POLL_MAX_GAP_S). With neither usable (no history, and no progress or one
+that went backwards) it is ``interval_s``: the fixed-interval polling this replaces. In
+callback mode polls are a backstop, every ``max_gap_s``.
+
+The shares were chosen on the simulator's realistic mix (``dev/generation.py``), replayed
+offline against the freshness target (the p95 delay to see an end within 1.5 intervals):
+BENCHMARKS.md, "Paced polls", has the figures and what each share trades.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -30,23 +37,45 @@ EARLY_QUANTILE: Final = 0.05
 # Shares of the time left that the engine waits: a margin for a history that drifts and for
 # progress that is coarse (steps of 25) or noisy.
 HISTORY_SHARE: Final = 0.8
-PROGRESS_SHARE: Final = 0.3
+PROGRESS_SHARE: Final = 0.45
+# A task with no progress figure waits while at most this share of the model's tasks that ran
+# as long went on to end within the wait: few enough that such tasks stay within the freshness
+# target's 5 % of late ends, while a poll every interval would cost them minutes of polls.
+NO_PROGRESS_SHARE: Final = 0.03
 
 
 @dataclass(frozen=True)
 class ModelDurations:
-    """What recent finished tasks of one model took, from their submit to their end."""
+    """What recent finished tasks of one model took, from their submit to their end (sorted)."""
 
-    count: int
-    early_s: float  # EARLY_QUANTILE of the durations
+    durations_s: tuple[float, ...]
 
     @classmethod
     def of(cls, durations_s: Sequence[float]) -> ModelDurations | None:
-        """None for too short a history to trust."""
-        usable = sorted(d for d in durations_s if d > 0)
+        """None for too short a history to trust. A duration of 0 (the task had ended when it
+        was first polled) counts: it says how soon a task can end."""
+        usable = sorted(d for d in durations_s if d >= 0)
         if len(usable) < MIN_HISTORY:
             return None
-        return cls(len(usable), usable[int(EARLY_QUANTILE * (len(usable) - 1))])
+        return cls(tuple(usable))
+
+    @property
+    def count(self) -> int:
+        return len(self.durations_s)
+
+    @property
+    def early_s(self) -> float:
+        """EARLY_QUANTILE of the durations: few tasks end sooner."""
+        return self.durations_s[int(EARLY_QUANTILE * (self.count - 1))]
+
+    def quiet_for(self, elapsed_s: float, share: float) -> float:
+        """The longest wait within which at most ``share`` of the tasks that ran ``elapsed_s``
+        ended (0 when too few of them ran that long)."""
+        ran_as_long = self.count - bisect.bisect_left(self.durations_s, elapsed_s)
+        if ran_as_long * share < 1:
+            return 0.0  # too few ran as long to say which share of them ends soon
+        first_quiet = self.count - ran_as_long + int(share * ran_as_long)
+        return self.durations_s[first_quiet] - elapsed_s
 
 
 @dataclass(frozen=True)
@@ -80,6 +109,9 @@ def next_poll_in(
     waits = []
     if durations is not None and elapsed_s < durations.early_s:
         waits.append(HISTORY_SHARE * (durations.early_s - elapsed_s))
+    elif durations is not None and not progress:
+        # No figure to pace by (a progress that never moves): the history's survivors tell.
+        waits.append(durations.quiet_for(elapsed_s, NO_PROGRESS_SHARE))
     # Progress that went backwards says nothing to trust; one that stays put (coarse steps,
     # a pause) still gives a pace, which only slows as it stays.
     steady = progress_before is None or (progress is not None and progress >= progress_before)

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
@@ -319,7 +320,8 @@ class Engine:
             self._stopped = self._stopped or exc
             self._polls.schedule(task, 0.0)
             return
-        self._record(task.state, task.batch_job_id, Answered(result), task.model, task)
+        answer = Answered(result, running_at=_last_answer(task) or task.state.submitted_at)
+        self._record(task.state, task.batch_job_id, answer, task.model, task)
 
     async def _submit(self, claimed: ClaimedTask) -> None:
         try:
@@ -384,9 +386,9 @@ class Engine:
             now = utc_now()
             seen_at = polled.progress_seen_at if polled is not None else None
             if before is not None and (after.progress != before or seen_at is None):
-                # A new figure appeared since the last answer: halfway, as a best guess.
-                last = polled.answered_at if polled is not None else None
-                seen_at = last + (now - last) / 2 if last is not None else now
+                # A new figure appeared since the last answer: paced from then, the earliest it
+                # can have, so a coarse step's end is not overshot by half a long wait.
+                seen_at = _last_answer(polled) or now
             answered_at = now if isinstance(event, Answered) else None
             task = RemoteTask(
                 after, batch_id, model, progress_seen_at=seen_at, answered_at=answered_at
@@ -567,3 +569,10 @@ class Engine:
             not self._unwritten.outcomes and not self._submits_in_flight and not self._to_submit
         )
         self._next_rescan = now + max(RESCAN_EVERY_S, self._rescan_took / RESCAN_SHARE)
+
+
+def _last_answer(task: RemoteTask | None) -> datetime | None:
+    """When ``task`` was last answered as running: by this engine, or else by any runner."""
+    if task is None:
+        return None
+    return task.answered_at or task.polled_at

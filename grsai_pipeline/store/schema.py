@@ -107,8 +107,9 @@ video_tasks = sa.Table(
     # Ours: the task's reservation, 1 for its first and one more per retry by backfill (the
     # ledger's ``reservation`` of its entries), bounded by GRSAI_MAX_BACKFILL_RETRIES.
     sa.Column("reservation", sa.Integer, nullable=False, server_default="1"),
-    # Ours: when an answer of the API said the task ended; with ``submitted_at``, how long
-    # tasks of a model take (store/durations.py: the engine's poll pacing).
+    # Ours: when the task ended, at the earliest known (a poll's: the answer before the one
+    # that said it ended; a callback's: its arrival), so a late poll does not stretch it;
+    # with ``submitted_at``, how long tasks of a model take (store/durations.py: poll pacing).
     sa.Column("finished_at", UtcDateTime, nullable=True),
     sa.UniqueConstraint("batch_job_id", "batch_index", name="uq_video_tasks_batch_index"),
     sa.CheckConstraint(

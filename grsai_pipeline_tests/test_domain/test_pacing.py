@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from grsai_pipeline.domain.pacing import ModelDurations, Pace, next_poll_in
+from grsai_pipeline.domain.pacing import (
+    NO_PROGRESS_SHARE,
+    PROGRESS_SHARE,
+    ModelDurations,
+    Pace,
+    next_poll_in,
+)
 
 PACE = Pace(interval_s=2.0, max_gap_s=60.0)
 SORA = ModelDurations.of([150.0, 160.0, 180.0, 200.0, 240.0, 300.0])
@@ -34,14 +40,40 @@ def test_far_before_the_model_s_early_end_it_waits_up_to_the_max_gap() -> None:
     assert wait(0.0, durations=SORA) == 60.0
     assert wait(100.0, durations=SORA) == pytest.approx(40.0)  # 0.8 x the 50 s left
     assert wait(149.0, durations=SORA) == 2.0
-    assert wait(200.0, durations=SORA) == 2.0  # past it, with no progress: every interval
+    # Past it, with no progress: six tasks are too few to say when the survivors end.
+    assert wait(200.0, durations=SORA) == 2.0
+
+
+def test_with_no_progress_past_the_early_end_the_survivors_of_the_history_pace_it() -> None:
+    """The wait ends before more than 3 % of the history's tasks that ran as long have ended;
+    near the history's last ones, too few ran as long to tell, so every interval."""
+    history = ModelDurations.of([100.0 + k for k in range(100)])
+    assert history is not None and NO_PROGRESS_SHARE == 0.03
+    assert wait(150.0, progress=0, before=0, durations=history) == pytest.approx(2.0)
+    assert wait(150.0, durations=history) == pytest.approx(2.0)
+    spread = ModelDurations.of([100.0 + 10 * k for k in range(100)])  # 100-1090 s
+    assert spread is not None
+    # 85 ran 250 s or more (250 ... 1090); 2 of them may end within the wait, the 3rd at 270 s.
+    assert wait(250.0, progress=0, before=0, durations=spread) == pytest.approx(20.0)
+    assert wait(1000.0, progress=0, before=0, durations=spread) == 2.0  # 9 left: too few
+    # A figure to pace by wins over the history's survivors.
+    assert wait(250.0, progress=90, before=89, durations=spread) < 20.0
+
+
+def test_a_task_ended_at_its_first_poll_counts_in_the_history() -> None:
+    """Its duration is 0 at the least (store/durations.py): the history then says tasks can
+    end at once, and the first poll comes after the interval, not a long wait."""
+    quick = ModelDurations.of([0.0] * 10 + [120.0] * 90)
+    assert quick is not None and quick.early_s == 0.0
+    assert wait(0.0, durations=quick) == 2.0
 
 
 def test_rising_progress_shortens_the_waits_as_the_end_nears() -> None:
     waits = [wait(elapsed, progress=int(elapsed / 2), before=0) for elapsed in (20, 100, 180)]
     assert waits == sorted(waits, reverse=True)
-    assert waits[0] == 54.0  # 0.3 x 180 s left at 10 %
-    assert waits[-1] == pytest.approx(6.0)  # 0.3 x 20 s left at 90 %
+    assert PROGRESS_SHARE == 0.45
+    assert waits[0] == pytest.approx(60.0)  # 0.45 x 180 s left at 10 %, the max gap
+    assert waits[-1] == pytest.approx(9.0)  # 0.45 x 20 s left at 90 %
     assert wait(198.0, progress=99, before=98) == 2.0
 
 
@@ -83,6 +115,6 @@ def test_coarse_progress_is_paced_from_when_its_figure_appeared() -> None:
         PACE, elapsed_s=205.0, progress=75, progress_before=75, durations=None,
         progress_from_s=150.0,
     )  # fmt: skip
-    assert first == pytest.approx(12.0)  # 0.3 x the 40 s left
-    assert later == pytest.approx(3.0)
+    assert first == pytest.approx(18.0)  # 0.45 x the 40 s left
+    assert later == pytest.approx(4.5)
     assert overdue == 2.0
