@@ -1,4 +1,5 @@
-"""Start `grsai-pipeline run` as a real process, to kill it or run several at once."""
+"""`grsai-pipeline` as a real process: `run`, to kill it or run several at once, and any
+other command to its end."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(sys.executable).with_name("grsai-pipeline")
+
+
+def cli(*args: str, env: dict[str, str]) -> str:
+    """Run a command to its end, successfully; returns what it printed."""
+    result = subprocess.run([SCRIPT, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def start_runner(

@@ -18,6 +18,7 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from grsai_pipeline_tests.e2e.conftest import WORKSPACE, dagster_process, free_port, wait_for
+from grsai_pipeline_tests.e2e.runner import cli
 from grsai_pipeline_tests.e2e.webapp import write_batch_with_the_example
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,
@@ -27,13 +28,6 @@ from grsai_pipeline_tests.helpers import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args: str, env: dict[str, str]) -> str:
-    script = Path(sys.executable).with_name("grsai-pipeline")
-    result = subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 FLAKY = "a kite over dunes [sim:error,error,error,succeeded]"

@@ -20,7 +20,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from grsai_pipeline_tests.conftest import REPO_ROOT
 from grsai_pipeline_tests.e2e.conftest import WORKSPACE, dagster_process, wait_for
-from grsai_pipeline_tests.e2e.test_dagster_dev import cli
+from grsai_pipeline_tests.e2e.runner import cli
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, ledger_kinds, rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
