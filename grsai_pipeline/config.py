@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     not_found_grace_s: float = Field(120.0, ge=0, alias="GRSAI_NOT_FOUND_GRACE_S")
     task_timeout_s: float = Field(3600.0, gt=0, alias="GRSAI_TASK_TIMEOUT_S")
     claim_lease_s: float = Field(30.0, gt=0, alias="GRSAI_CLAIM_LEASE_S")
+    # Ours (issue 26): how many re-polling runs the schedule keeps at work at once, on whatever
+    # machines the run launcher picks; they share the open tasks task by task (store/polls.py).
+    # Dagster's run coordinator must allow one more (the handover): the grsai/repoll tag limit.
+    repoll_runs: int = Field(1, ge=1, le=64, alias="GRSAI_REPOLL_RUNS")
     prices: dict[str, int] = Field(default_factory=dict, alias="GRSAI_PRICES")
     archive_concurrency: int = Field(4, ge=1, le=64, alias="GRSAI_ARCHIVE_CONCURRENCY")
     # How long a batch's own run copies its videos after settling (0: the re-polling run does).

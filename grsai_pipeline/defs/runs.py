@@ -69,15 +69,18 @@ def _is_live(record: dg.RunRecord, live_runners: Collection[str], now: float) ->
     return now - started < START_GRACE_S
 
 
-def repoll_run_due_for_relief(
-    instance: dg.DagsterInstance, after_s: float, live_runners: Collection[str]
-) -> bool | None:
-    """None when no re-polling run is live; else whether the one live run has worked for
-    ``after_s`` (its successor may start: the older run ends once the newer one is up)."""
+def repoll_runs_wanted(
+    instance: dg.DagsterInstance, runs: int, after_s: float, live_runners: Collection[str]
+) -> int:
+    """How many re-polling runs to ask for now, to keep ``runs`` at work (GRSAI_REPOLL_RUNS):
+    the missing ones (none yet, or one died); else one more when the oldest has worked
+    ``after_s``, its successor (the oldest then ends, once ``runs`` newer ones are up); none
+    while a handover is under way."""
     live = _live_runs(instance, REPOLL_JOB, live_runners)
-    if not live:
-        return None
-    if len(live) > 1:
-        return False  # a handover is under way
-    started = live[0].start_time
-    return started is not None and time.time() - started >= after_s
+    if len(live) < runs:
+        return runs - len(live)
+    if len(live) > runs:
+        return 0  # a handover is under way
+    starts = [r.start_time for r in live]
+    oldest = min((s for s in starts if s is not None), default=None)
+    return int(None not in starts and oldest is not None and time.time() - oldest >= after_s)

@@ -1,12 +1,14 @@
-"""``repoll_processing_schedule``: every minute, one run that follows the open batches.
+"""``repoll_processing_schedule``: every minute, the runs that follow the open batches.
 
-The run (``repoll_open_batches``) covers every batch with unfinished work, however many there
+A run (``repoll_open_batches``) covers every batch with unfinished work, however many there
 are, beside whatever runs of their own those batches have (tasks are shared per task in the
-database, store/polls.py). The schedule asks for it when there is such a batch and no
-re-polling run is live, or when the live one has worked for ``HANDOVER_AFTER_S``: then the next
-run starts while the old one still polls, and the old one ends as soon as the new one's engine
-is up, so that no task waits for a run to start. Production's queued run coordinator allows two
-such runs at once for that handover (a tag limit in ``dagster.yaml``).
+database, store/polls.py). The schedule keeps ``GRSAI_REPOLL_RUNS`` of them (default 1) at
+work while there is such a batch: it asks for the missing ones (none yet, or one died), and
+when the oldest has worked for ``HANDOVER_AFTER_S``, for its successor: the next run starts
+while the old one still polls, and the old one ends as soon as enough newer engines are up,
+so that no task waits for a run to start. Production's queued run coordinator allows one run
+more than GRSAI_REPOLL_RUNS for that handover (the ``grsai/repoll`` tag limit in
+``dagster.yaml``: 2 for the default).
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
@@ -14,7 +16,7 @@ import dagster as dg
 
 from grsai_pipeline.defs.repolling import HANDOVER_AFTER_S, repoll_open_batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.defs.runs import REPOLL_TAG, TRIGGER_TAG, repoll_run_due_for_relief
+from grsai_pipeline.defs.runs import REPOLL_TAG, TRIGGER_TAG, repoll_runs_wanted
 from grsai_pipeline.errors import GrsaiPipelineError
 from grsai_pipeline.store.batches import open_batch_ids
 from grsai_pipeline.store.db import reading
@@ -25,11 +27,14 @@ from grsai_pipeline.store.runners import live_runner_ids
     job=repoll_open_batches,
     cron_schedule="* * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Re-polls every batch that still has unfinished tasks, in one run.",
+    description=(
+        "Re-polls every batch that still has unfinished tasks, in GRSAI_REPOLL_RUNS runs at once"
+        " (default 1)."
+    ),
 )
 def repoll_processing_schedule(
     context: dg.ScheduleEvaluationContext, app_db: AppDatabase, grsai: GrsaiApi
-) -> dg.RunRequest | dg.SkipReason:
+) -> list[dg.RunRequest] | dg.SkipReason:
     try:
         settings = grsai.settings()
         with reading(app_db.engine()) as conn:
@@ -51,12 +56,14 @@ def repoll_processing_schedule(
             "simulator: `make dev` starts one when the key is unset) and restart the code "
             "location.",
         )
-    if repoll_run_due_for_relief(context.instance, HANDOVER_AFTER_S, live) is False:
-        return _skip(context, f"the re-polling run is still at work ({len(open_ids)} batch(es))")
+    wanted = repoll_runs_wanted(context.instance, settings.repoll_runs, HANDOVER_AFTER_S, live)
+    if not wanted:
+        return _skip(context, f"the re-polling run(s) still at work ({len(open_ids)} batch(es))")
     tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else ""
-    return dg.RunRequest(
-        run_key=f"repoll:{tick}", tags={REPOLL_TAG: "all", TRIGGER_TAG: "schedule"}
-    )
+    tags = {REPOLL_TAG: "all", TRIGGER_TAG: "schedule"}
+    # The first keeps the key of one run a tick, as before GRSAI_REPOLL_RUNS.
+    keys = [f"repoll:{tick}", *(f"repoll:{tick}:{k}" for k in range(1, wanted))]
+    return [dg.RunRequest(run_key=key, tags=tags) for key in keys]
 
 
 def _skip(context: dg.ScheduleEvaluationContext, reason: str) -> dg.SkipReason:

@@ -10,7 +10,7 @@ from typing import Protocol
 from sqlalchemy.engine import Connection
 
 from grsai_pipeline.store.batches import open_batch_ids
-from grsai_pipeline.store.runners import Heartbeat, open_batch_runners, successor_is_live
+from grsai_pipeline.store.runners import Heartbeat, open_batch_runners, successors_live
 
 
 class Scope(Protocol):
@@ -44,16 +44,18 @@ class OneBatch:
 
 @dataclass(frozen=True)
 class OpenBatches:
-    """Every batch not settled, whatever other runs of it exist."""
+    """Every batch not settled, whatever other runs of it exist; ``runs`` such runners at work
+    at once (GRSAI_REPOLL_RUNS)."""
 
     lease_s: float
+    runs: int = 1
 
     def batch_ids(self, conn: Connection) -> list[str]:
         return open_batch_ids(conn)
 
     def handed_over(self, conn: Connection, runner: Heartbeat) -> bool:
-        # The newest re-polling runner works; an older one hands over as soon as it sees it.
-        return successor_is_live(conn, runner, self.lease_s)
+        # The newest ``runs`` re-polling runners work; an older one hands over once it sees them.
+        return successors_live(conn, runner, self.lease_s) >= self.runs
 
     def engines(self, conn: Connection, lease_s: float) -> int:
         return max(1, open_batch_runners(conn, lease_s))

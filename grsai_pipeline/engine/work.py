@@ -69,7 +69,7 @@ def batch_worker(db: Database, settings: Settings, runner_id: str, batch_id: str
 def open_batches_worker(db: Database, settings: Settings, runner_id: str) -> Iterator[Worker]:
     """A worker over every open batch (sharing their tasks with whatever other engines are
     live); ``worker.run`` it in periods, settling in between."""
-    scope = OpenBatches(settings.claim_lease_s)
+    scope = OpenBatches(settings.claim_lease_s, settings.repoll_runs)
     with Worker(db, settings, runner_id, scope, None, settles=True) as worker:
         yield worker
 

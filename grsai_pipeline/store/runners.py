@@ -62,17 +62,17 @@ def live_runner_ids(conn: Connection, lease_s: float) -> set[str]:
     return set(conn.scalars(live_runners(lease_s)))
 
 
-def successor_is_live(conn: Connection, runner: Heartbeat, lease_s: float) -> bool:
-    """Whether a runner of every open batch (no batch of its own) that started after ``runner``
-    is alive: the next re-polling run, to which ``runner`` hands over."""
+def successors_live(conn: Connection, runner: Heartbeat, lease_s: float) -> int:
+    """How many runners of every open batch (no batch of their own) that started after
+    ``runner`` are alive: the re-polling runs to which ``runner`` hands over."""
     r = pipeline_runners.c
-    query = sa.select(r.runner_id).where(
+    query = sa.select(sa.func.count()).where(
         r.batch_job_id.is_(None),
         r.runner_id != runner.runner_id,
         r.started_at > runner.started_at,
         beating_since(live_after(lease_s)),
     )
-    return conn.execute(query.limit(1)).first() is not None
+    return int(conn.scalar(query) or 0)
 
 
 class Heartbeat:

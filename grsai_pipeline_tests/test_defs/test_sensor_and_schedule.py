@@ -247,5 +247,36 @@ def test_schedule_starts_the_next_re_polling_run_once_the_live_one_is_due_for_re
     assert requests == [] and skipped is not None and "still at work" in skipped
 
 
+def test_schedule_keeps_grsai_repoll_runs_at_work(app_env, engine, instance, monkeypatch) -> None:
+    """GRSAI_REPOLL_RUNS=3: the missing runs at once, none while three are live, the oldest's
+    successor once it is due for relief, and a dead one replaced."""
+    monkeypatch.setenv("GRSAI_REPOLL_RUNS", "3")
+    make_processing(engine, new_batch(engine, [TASK]))
+
+    requests, skipped = schedule_tick(instance)
+    assert skipped is None and len(requests) == 3
+    assert len({r.run_key for r in requests}) == 3
+    assert {r.tags["grsai/repoll"] for r in requests} == {"all"}
+
+    run_ids = [start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})]
+    assert len(schedule_tick(instance)[0]) == 2  # one live: two more
+    run_ids += [start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})]
+    run_ids += [start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})]
+    requests, skipped = schedule_tick(instance)
+    assert requests == [] and skipped is not None and "still at work" in skipped
+
+    monkeypatch.setattr("grsai_pipeline.defs.schedules.HANDOVER_AFTER_S", 0.0)
+    assert len(schedule_tick(instance)[0]) == 1  # the oldest's successor
+    run_ids += [start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})]
+    assert schedule_tick(instance)[0] == []  # four live: the handover is under way
+
+    # Two of the four die without Dagster knowing (past their start-up grace, no heartbeat):
+    # one more makes three at work.
+    monkeypatch.setattr("grsai_pipeline.defs.runs.START_GRACE_S", 0.0)
+    with Heartbeat(engine, run_ids[2], 300), Heartbeat(engine, run_ids[3], 300):
+        monkeypatch.setattr("grsai_pipeline.defs.schedules.HANDOVER_AFTER_S", 3600.0)
+        assert len(schedule_tick(instance)[0]) == 1
+
+
 def test_schedule_with_nothing_to_do_requests_nothing(app_env, engine, instance) -> None:
     assert schedule_tick(instance) == ([], "no batch has unfinished tasks")

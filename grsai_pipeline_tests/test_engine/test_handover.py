@@ -115,3 +115,33 @@ def test_an_older_runner_of_the_open_batches_ends_once_a_newer_one_is_up(
         # The newer one is the newest: it keeps working.
         own = newer.run(Until.FINAL, 1.0)
     assert not own.handed_over
+
+
+def test_with_several_re_polling_runs_an_older_one_ends_only_once_as_many_newer_are_up(
+    engine: sa.Engine, long_api: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRSAI_REPOLL_RUNS=2: beside one newer runner an older one keeps polling (two at work);
+    when a second newer one is up, the oldest hands over."""
+    monkeypatch.setenv("GRSAI_REPOLL_RUNS", "2")
+    _submitted_batch(engine)
+    settings = load_settings()
+    reports: list[EngineReport] = []
+
+    def older() -> None:
+        with open_batches_worker(engine, settings, "oldest-run") as worker:
+            reports.append(worker.run(Until.FINAL, 60))
+
+    thread = threading.Thread(target=older, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not long_api.simulator.state.polls:
+        assert time.monotonic() < deadline, "the older runner never polled"
+        time.sleep(0.05)
+
+    with open_batches_worker(engine, settings, "second-run"):
+        thread.join(timeout=5)  # two database reads of the older runner (every 2 s)
+        assert thread.is_alive(), "the older runner ended with only one newer one up"
+        with open_batches_worker(engine, settings, "third-run"):
+            thread.join(timeout=20)
+            assert not thread.is_alive(), "the older runner did not hand over to two newer"
+    assert reports[0].handed_over and not reports[0].budget_spent
