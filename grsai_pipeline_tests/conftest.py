@@ -268,7 +268,7 @@ def s3_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
 # so they run one after another on one test process (pytest-xdist's loadgroup).
 HEAVY_MODULES = frozenset(
     {"test_dagster_dev", "test_many_batches", "test_postgres_deployment", "test_ui_browser",
-     "test_make_dev", "test_ui_second_day"}
+     "test_make_dev", "test_ui_second_day", "test_production_topology"}
 )  # fmt: skip
 
 
