@@ -1,10 +1,13 @@
 """The operator's day, checked in a real browser (Playwright driving Debian's ``chromium``).
 
 ``dagster dev`` starts on a new DAGSTER_HOME beside the demo's batch, which its sensor picks
-up and settles. In the UI: the batch's partition of ``settled_ledger`` shows its user, counts,
-credits and failure reasons; ``create_batch`` launched from the launchpad makes a batch that
-the sensor then settles; and the Runs page filtered by the tag ``batch_id`` or ``user_id`` finds
-the launchpad's run and the daemon's alike.
+up and settles, archiving its videos on moto's S3 (``api serve`` beside it, with the link
+secret the runs sign with). In the UI: the batch's partition of ``settled_ledger`` shows its
+user, counts, credits and failure reasons; a video link of its ``archived_videos`` partition,
+clicked, brings the browser the copy on S3 (sha256 equal to ``video_sha256``); ``create_batch``
+launched from the launchpad makes a batch that the sensor then settles; and the Runs page
+filtered by the tag ``batch_id`` or ``user_id`` finds the launchpad's run and the daemon's
+alike.
 
 Screenshots go to the test's tmp dir; with ``GRSAI_SAVE_SCREENSHOTS=1`` they are also copied to
 ``docs/screenshots`` (the README shows them). Without ``chromium`` the test is skipped, unless
@@ -13,13 +16,16 @@ Screenshots go to the test's tmp dir; with ``GRSAI_SAVE_SCREENSHOTS=1`` they are
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import dagster as dg
@@ -34,6 +40,7 @@ from grsai_pipeline.store.accounts import grant_credits
 from grsai_pipeline_tests.conftest import REPO_ROOT
 from grsai_pipeline_tests.e2e.conftest import WORKSPACE, dagster_process, free_port, wait_for
 from grsai_pipeline_tests.helpers import new_batch, rows
+from grsai_pipeline_tests.test_api.api_support import served_api
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +50,9 @@ DOCS_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 # The code location of workspace.yaml; its repository is Definitions' `__repository__`.
 LOCATION = "grsai_pipeline"
+
+S3_ARCHIVE = "s3://archive-bucket/videos"  # s3_server's bucket
+LINK_SECRET = "first-day-link-secret-93d2a6e1f0"
 
 # The README's launchpad example.
 UI_USER = "alice"
@@ -163,9 +173,71 @@ def wait_for_runs_page(page: Page, url: str, succeeded: int, timeout_s: float = 
     expect(success).to_have_count(succeeded)
 
 
+def archived_videos_text(instance: dg.DagsterInstance, batch_id: str) -> str:
+    """The ``videos`` text of the batch's latest ``archived_videos`` materialization."""
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(dg.AssetKey("archived_videos"), asset_partitions=[batch_id]), 1
+    ).records
+    if not found or found[0].asset_materialization is None:
+        return ""
+    videos = found[0].asset_materialization.metadata.get("videos")
+    return str(videos.value) if videos is not None else ""
+
+
+def reload_until(page: Page, url: str, shown: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Load ``url`` again until ``shown()`` (the UI reads what it shows when the page loads)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        page.goto(url)
+        page.wait_for_load_state("networkidle")
+        if shown():
+            return
+        assert time.monotonic() < deadline, f"{url} never showed what was expected"
+        time.sleep(1)
+
+
+def open_link_in_browser(page: Page, link: Locator) -> dict[str, Any]:
+    """Click ``link``; the status, content type and body of the document the browser got, read
+    through the DevTools protocol's Fetch domain at the response stage (the body as it
+    arrived, then handed on unchanged)."""
+    cdp = page.context.new_cdp_session(page)
+    got: dict[str, Any] = {}
+
+    def paused(event: dict[str, Any]) -> None:
+        if event["resourceType"] == "Document" and "body" not in got:
+            answer = cdp.send("Fetch.getResponseBody", {"requestId": event["requestId"]})
+            body = answer["body"]
+            got["body"] = base64.b64decode(body) if answer["base64Encoded"] else body.encode()
+            got["status"] = event["responseStatusCode"]
+            headers = {h["name"].lower(): h["value"] for h in event["responseHeaders"]}
+            got["content-type"] = headers.get("content-type")
+        cdp.send("Fetch.continueRequest", {"requestId": event["requestId"]})
+
+    cdp.on("Fetch.requestPaused", paused)
+    pattern = {"urlPattern": "*/v1/videos/*", "requestStage": "Response"}
+    cdp.send("Fetch.enable", {"patterns": [pattern]})
+    try:
+        link.click()
+        page.wait_for_url("**/v1/videos/**")
+        deadline = time.monotonic() + 30
+        while "body" not in got:  # Playwright hands over events while it waits
+            assert time.monotonic() < deadline, "the video's answer never reached the browser"
+            page.wait_for_timeout(100)
+    finally:
+        cdp.send("Fetch.disable")
+        cdp.detach()
+    return got
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_operator_day_in_the_browser(
-    pipeline_env: dict[str, str], engine: sa.Engine, simulator: SimulatorServer, tmp_path: Path
+    pipeline_env: dict[str, str],
+    database_url: str,
+    engine: sa.Engine,
+    simulator: SimulatorServer,
+    s3_server: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     executable = chromium_path()
     shots = Screenshots(tmp_path / "screenshots")
@@ -180,7 +252,8 @@ def test_operator_day_in_the_browser(
     (dagster_home / "dagster.yaml").write_text(
         "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
     )
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    # The archive on moto's S3 (AWS_* from s3_server), its copies linked through api serve.
+    settings = {"GRSAI_ARCHIVE_URL": S3_ARCHIVE, "GRSAI_LINK_SECRET": LINK_SECRET}
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent))
     assert dagster
     log = tmp_path / "dagster-dev.log"
@@ -191,7 +264,21 @@ def test_operator_day_in_the_browser(
     def settled(batch_id: str) -> bool:
         return batch_row(engine, batch_id).get("status") == "settled"
 
-    with dagster_process(args, env, tmp_path, log), browser_page(executable, tmp_path) as page:
+    with (
+        served_api(database_url, tmp_path, settings={"GRSAI_LINK_SECRET": LINK_SECRET}) as api,
+        dagster_process(
+            args,
+            {
+                **os.environ,
+                **settings,
+                "DAGSTER_HOME": str(dagster_home),
+                "GRSAI_API_PUBLIC_URL": api.base_url,
+            },
+            tmp_path,
+            log,
+        ),
+        browser_page(executable, tmp_path) as page,
+    ):
         wait_for(lambda: settled(demo_batch), 150, "the sensor's run to settle the batch", log)
         batch = batch_row(engine, demo_batch)
         counts = task_counts(engine, demo_batch)
@@ -200,7 +287,8 @@ def test_operator_day_in_the_browser(
 
         # 1. The batch's partition of settled_ledger: user, counts, credits, failure reasons.
         page.goto(partition_url(base, demo_batch))
-        expect(page.get_by_text("failures_by_reason", exact=True)).to_be_visible()
+        # The new webserver's first page: 5 to 8 s on a loaded 2-core machine.
+        expect(page.get_by_text("failures_by_reason", exact=True)).to_be_visible(timeout=30_000)
         expected = {
             "user_id": DEMO_USER,
             "batch_status": "settled",
@@ -222,6 +310,36 @@ def test_operator_day_in_the_browser(
         credits = page.locator("tr").filter(has=page.get_by_text("credits_reserved", exact=True))
         credits.last.evaluate("row => row.scrollIntoView({block: 'start'})")
         shots.take(page, "settled-ledger-failures")
+
+        # The first video link of the batch's archived_videos partition, clicked: the browser
+        # gets the copy the run archived on S3 (the local default: test_ui_second_day.py).
+        with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+            wait_for(
+                lambda: "(archived copy)" in archived_videos_text(instance, demo_batch),
+                90,
+                "the batch's run to archive its videos",
+                log,
+            )
+        page.goto(f"{base}/assets/archived_videos?view=partitions&partition={demo_batch}")
+        # Five links make a long text: the page shows it behind "[Show Markdown]".
+        videos = page.locator("tr").filter(has=page.get_by_text("videos", exact=True)).last
+        videos.get_by_text("[Show Markdown]").click()
+        shown = page.get_by_role("dialog")
+        link = shown.locator(f'a[href^="{api.base_url}/v1/videos/"]').first
+        expect(link).to_be_visible()
+        expect(shown.get_by_text("(archived copy)").first).to_be_visible()
+        task_id = str(link.get_attribute("href")).split("/v1/videos/")[1].split("?")[0]
+        (video,) = rows(engine, "SELECT * FROM video_tasks WHERE id = :t", t=task_id)
+        assert video["archived_url"].startswith(f"{S3_ARCHIVE}/"), video["archived_url"]
+        received = open_link_in_browser(page, link)
+        assert (received["status"], received["content-type"]) == (200, "video/mp4")
+        assert len(received["body"]) == video["video_bytes"]
+        assert hashlib.sha256(received["body"]).hexdigest() == video["video_sha256"]
+        page.screenshot(path=shots.folder / "archived-video-opened-from-s3.png")
+        opened = (
+            f"first day: a video link of archived_videos clicked, {len(received['body'])} bytes "
+            f"from moto's S3, sha256 {video['video_sha256'][:16]}... as video_sha256"
+        )
 
         # 2. create_batch from the launchpad; the sensor then runs the new batch to the end.
         page.goto(f"{base}/locations/{LOCATION}/jobs/create_batch/playground")
@@ -285,3 +403,4 @@ def test_operator_day_in_the_browser(
         shots.take(page, "runs-filtered-by-batch-id")
 
     shots.publish()
+    record_property("figures", opened)

@@ -22,7 +22,6 @@ Screenshots as in test_ui_browser.py (the tmp dir; ``docs/screenshots`` with
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -50,7 +49,9 @@ from grsai_pipeline_tests.e2e.test_ui_browser import (
     batch_row,
     browser_page,
     chromium_path,
+    open_link_in_browser,
     partition_url,
+    reload_until,
 )
 from grsai_pipeline_tests.helpers import assert_ledger_invariants, new_batch, rows
 from grsai_pipeline_tests.test_api.api_support import served_api
@@ -160,18 +161,6 @@ def show_run_log(page: Page, base: str, run_id: str, summary: str) -> None:
     expect(page.get_by_text("Success", exact=True).first).to_be_visible()
     page.locator("input[placeholder^='Filter']").fill("task(s) retried")
     expect(page.get_by_text(summary)).to_be_visible()
-
-
-def reload_until(page: Page, url: str, shown: Callable[[], bool], timeout_s: float = 60) -> None:
-    """Load ``url`` again until ``shown()`` (the UI reads what it shows when the page loads)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        page.goto(url)
-        page.wait_for_load_state("networkidle")
-        if shown():
-            return
-        assert time.monotonic() < deadline, f"{url} never showed what was expected"
-        time.sleep(1)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -413,36 +402,3 @@ def removal_tick(instance: dg.DagsterInstance, key: str, since: float) -> int | 
             if key in (result.deleted_partitions or []):
                 return n
     return None
-
-
-def open_link_in_browser(page: Page, link: Locator) -> dict[str, Any]:
-    """Click ``link``; the status, content type and body of the document the browser got, read
-    through the DevTools protocol's Fetch domain at the response stage (the body as it
-    arrived, then handed on unchanged)."""
-    cdp = page.context.new_cdp_session(page)
-    got: dict[str, Any] = {}
-
-    def paused(event: dict[str, Any]) -> None:
-        if event["resourceType"] == "Document" and "body" not in got:
-            answer = cdp.send("Fetch.getResponseBody", {"requestId": event["requestId"]})
-            body = answer["body"]
-            got["body"] = base64.b64decode(body) if answer["base64Encoded"] else body.encode()
-            got["status"] = event["responseStatusCode"]
-            headers = {h["name"].lower(): h["value"] for h in event["responseHeaders"]}
-            got["content-type"] = headers.get("content-type")
-        cdp.send("Fetch.continueRequest", {"requestId": event["requestId"]})
-
-    cdp.on("Fetch.requestPaused", paused)
-    pattern = {"urlPattern": "*/v1/videos/*", "requestStage": "Response"}
-    cdp.send("Fetch.enable", {"patterns": [pattern]})
-    try:
-        link.click()
-        page.wait_for_url("**/v1/videos/**")
-        deadline = time.monotonic() + 30
-        while "body" not in got:  # Playwright hands over events while it waits
-            assert time.monotonic() < deadline, "the video's answer never reached the browser"
-            page.wait_for_timeout(100)
-    finally:
-        cdp.send("Fetch.disable")
-        cdp.detach()
-    return got
