@@ -1,8 +1,10 @@
 """The batch's asset checks, each with a description that says what failing means, and the
 fields of their results, for a batch's own run and the re-polling run alike.
 
-Each check is partitioned like its asset, so every result names its batch: the partition's
-page lists its checks, and a check's history has a partition column (issue 24).
+Each check is partitioned like its asset, so every result names its batch: the check's
+Partitions tab lists each batch's latest result, and its history has a partition column (issue
+24). The asset's partition page does not list checks; the ``checks`` table in each
+materialization's metadata (defs/reports.py) names that batch's results there.
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.

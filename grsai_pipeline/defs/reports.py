@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 from sqlalchemy.engine import Engine as Database
+from tabulate import tabulate
 
 from grsai_pipeline.defs.archiving import archive_check, archive_metadata
 from grsai_pipeline.defs.checks import (
@@ -73,11 +74,19 @@ class AssetReport:
     metadata: dict[str, Any]
     checks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
+    def shown(self) -> dict[str, Any]:
+        """The metadata, with a ``checks`` table of this report's check results: the asset's
+        partition page shows its latest materialization's metadata but not its checks (Dagster
+        1.13), so there each batch names its own results."""
+        if not self.checks:
+            return self.metadata
+        return self.metadata | {"checks": dg.MetadataValue.md(checks_table(self.checks))}
+
     def result(self) -> dg.MaterializeResult:
         """As the batch's own step yields it."""
         return dg.MaterializeResult(
             asset_key=self.asset,
-            metadata=self.metadata,
+            metadata=self.shown(),
             check_results=[
                 dg.AssetCheckResult(check_name=name, asset_key=self.asset, **fields)
                 for name, fields in self.checks
@@ -87,12 +96,27 @@ class AssetReport:
     def events(self) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
         """As an op that follows many batches yields it, for the batch's partition."""
         yield dg.AssetMaterialization(
-            asset_key=self.asset, partition=self.batch_id, metadata=self.metadata
+            asset_key=self.asset, partition=self.batch_id, metadata=self.shown()
         )
         for name, fields in self.checks:
             yield dg.AssetCheckEvaluation(
                 asset_key=self.asset, check_name=name, partition=self.batch_id, **fields
             )
+
+
+def checks_table(checks: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """The results as a Markdown table: the check, passed / failed / warning, what it says."""
+    rows = [
+        {
+            "check": name,
+            "result": "passed"
+            if fields["passed"]
+            else ("warning" if fields.get("severity") == dg.AssetCheckSeverity.WARN else "failed"),
+            "says": str(fields.get("description", "")).replace("|", "\\|"),
+        }
+        for name, fields in checks
+    ]
+    return tabulate(rows, headers="keys", tablefmt="pipe")
 
 
 def polled_report(

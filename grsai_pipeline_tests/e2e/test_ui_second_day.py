@@ -6,7 +6,8 @@ every attempt), one with a moderation failure alone, one clean; ``api serve`` ru
 with the same database and link secret, and the runs sign links to it. In the UI:
 
 1. ``all_tasks_succeeded`` on ``settled_ledger``: each batch's partition shows that batch's
-   result, and the check's execution history has a partition column naming each.
+   result, and the check's execution history has a partition column naming each; the batch's
+   own partition page names its results in the materialization's ``checks`` table.
 2. Jobs, ``retry_failed_batches``, Launchpad, Launch Run: the first launch retries the
    errored task alone (reservation 2); with ``GRSAI_MAX_BACKFILL_RETRIES=1``, once it has
    failed again, the second marks it final and the third retries nothing.
@@ -258,6 +259,17 @@ def test_operator_second_day_in_the_browser(
                     expect(page.get_by_text(text, exact=True)).to_have_count(0)
         page.mouse.move(0, 0)  # no tooltip over the list
         page.screenshot(path=shots.folder / "check-partition-result.png")
+        # The batch's own partition page lists no checks (Dagster 1.13): the `checks` table of
+        # its latest materialization names the batch's results there.
+        page.goto(partition_url(base, errored))
+        checks = page.locator("tr").filter(has=page.get_by_text("checks", exact=True)).last
+        expect(checks).to_be_visible()
+        tasks_result = checks.locator("tr").filter(has_text="all_tasks_succeeded")
+        expect(tasks_result).to_contain_text("warning")
+        expect(tasks_result).to_contain_text(results[errored])
+        expect(checks.locator("tr").filter(has_text="ledger_balances")).to_contain_text("passed")
+        checks.evaluate("row => row.scrollIntoView({block: 'center'})")
+        shots.take(page, "partition-checks-metadata")
 
         # 4. The clean batch's video link (archived_videos' `videos`), clicked: the browser
         #    gets the archived bytes. The bytes of its navigation are read as they arrive

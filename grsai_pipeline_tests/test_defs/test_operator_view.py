@@ -69,6 +69,16 @@ def test_settled_ledger_shows_the_user_failures_by_reason_and_the_videos(
     assert "a backfill would retry 1" in check.description
     # It is a warning: the run succeeded and the ledger check passed.
     assert check_evaluations(result)["ledger_balances"].passed is True
+    # The partition's page (the materialization's metadata) names the batch's results too.
+    shown = {
+        cells[0]: cells[1:]
+        for line in settled["checks"].splitlines()[2:]
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    assert shown == {
+        "ledger_balances": ["passed", check_evaluations(result)["ledger_balances"].description],
+        "all_tasks_succeeded": ["warning", check.description],
+    }
 
     backfill = run_batch(instance, batch_id)
     assert materializations(backfill)["pending_tasks"]["retries_started"] == 1
