@@ -37,6 +37,7 @@ from grsai_pipeline.store.audit import ledger_problems, succeeded_without_video
 from grsai_pipeline.store.batches import get_batch
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.intake import take_in_batch
+from grsai_pipeline.store.outages import ride_out
 from grsai_pipeline.store.outcomes import batch_outcomes
 from grsai_pipeline.store.retries import RetryStart, retry_failed_tasks
 from grsai_pipeline.store.settlement import settle_batch
@@ -188,18 +189,19 @@ def batch_lifecycle(
         # A bad key, no upstream credits, no key: the run stops, no task fails, no retries.
         context.instance.add_run_tags(context.run.run_id, NO_RETRY_TAGS)
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    missing = succeeded_without_video(db, batch_id)
+    # A failover of the application database now is ridden out too (store/outages.py).
+    missing = ride_out("batch run", lambda: succeeded_without_video(db, batch_id))
     followed_metadata = {**engine_metadata(followed), "poll_budget_spent": followed.budget_spent}
-    snap = snapshot(db, batch_id, PREVIEW_ROWS, policy)
+    snap = ride_out("batch run", lambda: snapshot(db, batch_id, PREVIEW_ROWS, policy))
     yield polled_report(snap, followed_metadata, missing).result()
 
-    settlement = settle_batch(db, batch_id)
+    settlement = ride_out("batch run", lambda: settle_batch(db, batch_id))
     if settlement.unfinished:
         context.log.info(f"waiting: {settlement.unfinished} task(s) not final yet")
     said = "settled" if settlement.settled else f"waiting on {settlement.unfinished} task(s)"
     written = {"ledger_entries_written": settlement.entries_written}
-    problems = ledger_problems(db, batch_id)
-    snap = snapshot(db, batch_id, PREVIEW_ROWS, policy)
+    problems = ride_out("batch run", lambda: ledger_problems(db, batch_id))
+    snap = ride_out("batch run", lambda: snapshot(db, batch_id, PREVIEW_ROWS, policy))
     yield settled_report(snap, written, said, problems).result()
 
     # After the money: a slow download never holds up a settlement.

@@ -142,6 +142,9 @@ def engine_metadata(report: EngineReport) -> dict[str, Any]:
         # Answers another writer (a callback, an overlapping run) had already applied.
         "answers_already_applied": report.stale_writes,
         "paused_by_429": report.rate_limited,
+        # A failover of the application database ridden out: how often, for how long.
+        "database_outages": report.database_outages,
+        "database_outage_s": round(report.database_outage_s, 1),
         **{f"now_{outcome}": n for outcome, n in report.outcomes().items()},
     }
 

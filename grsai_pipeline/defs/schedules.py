@@ -13,13 +13,16 @@ more than GRSAI_REPOLL_RUNS for that handover (the ``grsai/repoll`` tag limit in
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
 import dagster as dg
+from sqlalchemy.exc import SQLAlchemyError
 
 from grsai_pipeline.defs.repolling import HANDOVER_AFTER_S, repoll_open_batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import REPOLL_TAG, TRIGGER_TAG, repoll_runs_wanted
 from grsai_pipeline.errors import GrsaiPipelineError
+from grsai_pipeline.store import outages
 from grsai_pipeline.store.batches import open_batch_ids
 from grsai_pipeline.store.db import reading
+from grsai_pipeline.store.outages import is_outage
 from grsai_pipeline.store.runners import live_runner_ids
 
 
@@ -42,10 +45,12 @@ def repoll_processing_schedule(
             # Half a lease: a runner that could not beat for that long stops sending by itself
             # (store/runners.Heartbeat.fresh), so a killed run is replaced a tick sooner.
             live = live_runner_ids(conn, settings.claim_lease_s / 2)
-    except (dg.Failure, GrsaiPipelineError) as exc:
-        # Said in the tick, once a minute, instead of a run that fails every minute.
-        reason = exc.description if isinstance(exc, dg.Failure) else str(exc)
-        return _skip(context, f"cannot re-poll: {reason}")
+    except (dg.Failure, GrsaiPipelineError, SQLAlchemyError) as exc:
+        if isinstance(exc, SQLAlchemyError) and not is_outage(exc):
+            raise
+        # Said in the tick, once a minute, instead of a run that fails every minute; a
+        # failover of the application database is ridden out the same way (the next tick).
+        return _skip(context, f"cannot re-poll: {_reason(exc)}")
     if not open_ids:
         return _skip(context, "no batch has unfinished tasks")
     if settings.api_key is None or not settings.api_key.get_secret_value().strip():
@@ -69,3 +74,11 @@ def repoll_processing_schedule(
 def _skip(context: dg.ScheduleEvaluationContext, reason: str) -> dg.SkipReason:
     context.log.info(reason)  # shown under the tick's "View logs", not only on hover
     return dg.SkipReason(reason)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, dg.Failure):
+        return error.description or str(error)
+    if isinstance(error, SQLAlchemyError):
+        return f"the application database is unreachable ({outages.reason(error)})"
+    return str(error)

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dagster as dg
+from sqlalchemy.exc import SQLAlchemyError
 
 from grsai_pipeline.defs.jobs import batch_pipeline
 from grsai_pipeline.defs.partitions import BATCHES, batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import batch_run_tags
 from grsai_pipeline.store.batches import BatchHeader, batches_created_since, existing_batch_ids
+from grsai_pipeline.store.outages import is_outage, reason
 
 LOOKBACK = timedelta(minutes=10)
 MAX_NEW_PER_TICK = 1000
@@ -64,16 +66,22 @@ def new_batches_sensor(
         )
     seen = _Cursor.parse(context.cursor)
     partitions = list(context.instance.get_dynamic_partitions(BATCHES))
-    junk = _naming_no_batch(context, app_db, partitions, seen.last_partition)
-    since = seen.high_water - LOOKBACK if seen.high_water else None
-    new: list[BatchHeader] = []
-    last: BatchHeader | None = None
-    while len(new) < MAX_NEW_PER_TICK:
-        page = batches_created_since(app_db.engine(), since, PAGE, after=last)
-        if not page:
-            break
-        last = page[-1]
-        new += [b for b in page if b.id not in seen.requested]
+    try:
+        junk = _naming_no_batch(context, app_db, partitions, seen.last_partition)
+        since = seen.high_water - LOOKBACK if seen.high_water else None
+        new: list[BatchHeader] = []
+        last: BatchHeader | None = None
+        while len(new) < MAX_NEW_PER_TICK:
+            page = batches_created_since(app_db.engine(), since, PAGE, after=last)
+            if not page:
+                break
+            last = page[-1]
+            new += [b for b in page if b.id not in seen.requested]
+    except SQLAlchemyError as error:
+        if not is_outage(error):
+            raise
+        # A failover: the cursor stays, the next tick takes what this one could not read.
+        return _skip(context, f"the application database is unreachable ({reason(error)})")
     if len(new) > MAX_NEW_PER_TICK:
         # Stop at the last batch taken, so the next tick's window still holds the rest.
         new, last = new[:MAX_NEW_PER_TICK], new[MAX_NEW_PER_TICK - 1]

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy.engine import Engine as Database
+from sqlalchemy.exc import SQLAlchemyError
 
 from grsai_pipeline.domain.lifecycle import (
     Accepted,
@@ -56,6 +57,7 @@ from grsai_pipeline.errors import ApiUnavailable, RateLimited, RunStopped
 from grsai_pipeline.grsai.client import GrsaiClient
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import is_postgres
+from grsai_pipeline.store.outages import Outage, is_outage
 from grsai_pipeline.store.polls import hold_accepted, hold_for, renew_holds
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.tasks import (
@@ -63,6 +65,7 @@ from grsai_pipeline.store.tasks import (
     RemoteTask,
     apply_transitions,
     claim_waiting_tasks,
+    release_claims_not_held,
 )
 
 log = logging.getLogger(__name__)
@@ -160,6 +163,11 @@ class Engine:
         self._stopped: RunStopped | None = None
         self._failure: BaseException | None = None
         self._alarm = Alarm()
+        # The application database unreachable (a failover): decisions wait in memory.
+        self._outage = Outage(f"engine {heartbeat.runner_id[:8]}")
+        # Whether a claim may have committed on a cut connection (released once it is back).
+        self._claims_unseen = False
+        self._sending: set[str] = set()
         # Whether a finished job may start the next at once (the loop says so each pass).
         self._dispatching = False
         self._turn = 0
@@ -177,6 +185,7 @@ class Engine:
         """
         self.report = EngineReport()
         api_before = replace(self.client.stats)
+        outages_before = (self._outage.count, self._outage.seconds)
         try:
             return await self._work(until, budget_s)
         finally:
@@ -185,6 +194,8 @@ class Engine:
             self.report.api_calls = api.calls - api_before.calls
             self.report.api_retries = api.retries - api_before.retries
             self.report.api_429s = api.rate_limited - api_before.rate_limited
+            self.report.database_outages = self._outage.count - outages_before[0]
+            self.report.database_outage_s = self._outage.seconds - outages_before[1]
 
     async def _work(self, until: Until, budget_s: float) -> EngineReport:
         self._deadline = time.monotonic() + budget_s
@@ -207,7 +218,7 @@ class Engine:
                 self._dispatch(now)
             else:
                 self._release_unsent()
-            if self._sync is None:
+            if self._sync is None and now >= self._outage.retry_at:
                 # Read the scope every few seconds, and at once when nothing is left to do.
                 ran_dry = self._idle(until) and self._quiet(until) and not self._clean(until)
                 rescan = working and (now >= self._next_rescan or ran_dry)
@@ -239,7 +250,9 @@ class Engine:
             elif self._to_submit:
                 self._submits_in_flight += 1
                 self._submits_clean = False
-                self._start(self._submit(self._to_submit.popleft()))
+                claimed = self._to_submit.popleft()
+                self._sending.add(claimed.state.id)
+                self._start(self._submit(claimed))
             else:
                 return
             self._turn ^= 1
@@ -330,14 +343,18 @@ class Engine:
             self._submits_in_flight -= 1
         model = claimed.spec.model if claimed.spec is not None else None
         self._record(claimed.state, claimed.batch_job_id, event, model)
+        self._sending.discard(claimed.state.id)  # its outcome is unwritten now
 
     async def _send(self, claimed: ClaimedTask) -> Event:
         if claimed.spec is None:
             assert claimed.invalid_reason is not None
             return FoundInvalid(claimed.invalid_reason)
-        if self._stopped is not None or not self.heartbeat.fresh:
-            # Our claims may be taken over soon: never send what another runner may send too.
+        if self._stopped is not None:
             self._stop_claiming()
+            return NotSent()
+        if not self.heartbeat.fresh:
+            # Our claims may be taken over soon: never send what another runner may send too.
+            # Claiming resumes once the heartbeat is renewed (a database back from a failover).
             return NotSent()
         self.report.submits += 1
         self.report.possible_duplicates += int(claimed.reclaimed)
@@ -415,6 +432,10 @@ class Engine:
         if self._claiming and batch_id in self._batches and batch_id not in self._rotation:
             self._rotation.append(batch_id)
 
+    def _claims_held(self) -> set[str]:
+        held = {claimed.state.id for claimed in self._to_submit} | self._sending
+        return held | {t.task_id for t in self._unwritten.transitions if t.ends_claim}
+
     def _stop_claiming(self) -> None:
         self._claiming = False
         self._rotation.clear()
@@ -440,6 +461,8 @@ class Engine:
         """Slots a claim may fill now: never more claims in doubt than there are slots."""
         if not self._claiming or not self._rotation or self._stopped is not None:
             return 0
+        if not self.heartbeat.fresh:
+            return 0  # what it claimed now it could not send (see _send)
         if len(self._to_submit) >= self._slots:
             return 0  # enough claimed and waiting for a slot
         return self._slots - self._in_doubt
@@ -462,18 +485,33 @@ class Engine:
         every few seconds or when the engine runs dry, read the scope again."""
         transitions, polled = self._unwritten.take()
         quotas = self._quotas() if claim else []
+        # The tasks it holds claims on (waiting, being sent, or an outcome unwritten): copied
+        # here, since the event loop changes them while the transaction runs in its thread.
+        held = self._claims_held() if self._claims_unseen else None
         self._in_doubt += sum(n for _, n in quotas)  # held until we know how many we got
         before_rescan = self._polls.ids() if rescan else set()
         try:
             known = before_rescan if rescan else None
             if self._inline_db:
-                claimed, seen = self._transact(transitions, polled, quotas, known)
+                claimed, seen = self._transact(transitions, polled, quotas, known, held)
             else:
                 claimed, seen = await asyncio.to_thread(
-                    self._transact, transitions, polled, quotas, known
+                    self._transact, transitions, polled, quotas, known, held
                 )
+        except SQLAlchemyError as error:
+            if not is_outage(error):
+                raise
+            # A failover: keep every decision for the next try; polls go on meanwhile.
+            self._unwritten.put_back(transitions, polled)
+            # Its claims may have committed unseen: released by the next transaction.
+            self._claims_unseen = self._claims_unseen or bool(quotas)
+            self._outage.failed(error)
+            return
         finally:
             self._in_doubt -= sum(n for _, n in quotas)
+        self._outage.ended()
+        if held is not None:
+            self._claims_unseen = False
         self._in_doubt -= sum(1 for t in transitions if t.ends_claim)
         self._in_doubt += len(claimed)
         self._to_submit.extend(claimed)
@@ -493,12 +531,14 @@ class Engine:
         polled: Sequence[str],
         quotas: Sequence[tuple[str, int]],
         known: set[str] | None,
+        held: set[str] | None = None,
     ) -> tuple[list[ClaimedTask], Rescan | None]:
-        """In a worker thread: touches nothing the event loop changes (``known`` is a copy)."""
+        """In a worker thread: touches nothing the event loop changes (``known`` and ``held``
+        are copies)."""
         now = utc_now()
         claimed: list[ClaimedTask] = []
         runner_id = self.heartbeat.runner_id
-        if transitions or polled or quotas:
+        if transitions or polled or quotas or held is not None:
             with self.db.begin() as conn:
                 if transitions:
                     written = apply_transitions(conn, transitions, runner_id=runner_id, now=now)
@@ -510,6 +550,15 @@ class Engine:
                     # Answered, a change or not: when, for whoever follows the task next; and
                     # this engine goes on holding it.
                     renew_holds(conn, runner_id, polled, until=now + self._hold, polled_at=now)
+                if held is not None:
+                    # After this transaction's outcomes (they end their claims), before its
+                    # new claims: what is left claimed by us and not held is an orphan.
+                    released = release_claims_not_held(conn, runner_id, held, now)
+                    if released:
+                        log.warning(
+                            "released %d claim(s) that committed while the connection was cut;"
+                            " they wait to be sent", released,
+                        )  # fmt: skip
                 if quotas:
                     claimed = claim_waiting_tasks(
                         conn,

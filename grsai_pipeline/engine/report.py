@@ -42,6 +42,9 @@ class EngineReport:
     api_calls: int = 0
     api_retries: int = 0
     api_429s: int = 0
+    # Times the application database could not be reached (a failover), and for how long.
+    database_outages: int = 0
+    database_outage_s: float = 0.0
 
     def batch(self, batch_id: str) -> BatchActivity:
         if batch_id not in self.batches:

@@ -80,3 +80,17 @@ class Unwritten:
         polled, self.polled = self.polled, []
         self.outcomes = 0
         return transitions, polled
+
+    def put_back(self, transitions: list[Transition], polled: list[str]) -> None:
+        """What :meth:`take` gave for a transaction that failed: first in line again."""
+        now = time.monotonic()
+        if transitions:
+            self._since = min(self._since, now) if self.transitions else now
+            ends = sum(1 for t in transitions if t.ends_claim)
+            if ends:
+                self._outcomes_since = min(self._outcomes_since, now) if self.outcomes else now
+                self.outcomes += ends
+            self.transitions = transitions + self.transitions
+        if polled:
+            self._polled_since = min(self._polled_since, now) if self.polled else now
+            self.polled = polled + self.polled

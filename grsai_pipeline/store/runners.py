@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from grsai_pipeline.store import outages
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.schema import pipeline_runners
 
@@ -138,6 +139,7 @@ class Heartbeat:
             log.warning("could not unregister runner %s: %s", self.runner_id, error)
 
     def _renew_until_stopped(self) -> None:
+        failing_since: float | None = None
         while not self._stop.wait(self.every_s):
             try:
                 with self.engine.begin() as conn:
@@ -147,6 +149,17 @@ class Heartbeat:
                         .values(heartbeat_at=utc_now())
                     )
             except SQLAlchemyError as error:
-                log.warning("heartbeat of runner %s failed: %s", self.runner_id, error)
+                if failing_since is None:  # said once, not every few seconds of an outage
+                    failing_since = time.monotonic()
+                    log.warning(
+                        "runner %s cannot renew its heartbeat (%s): it stops sending until "
+                        "it can", self.runner_id, outages.reason(error),
+                    )  # fmt: skip
                 continue
+            if failing_since is not None:
+                log.warning(
+                    "runner %s renewed its heartbeat again after %.1f s",
+                    self.runner_id, time.monotonic() - failing_since,
+                )  # fmt: skip
+                failing_since = None
             self._renewed = time.monotonic()

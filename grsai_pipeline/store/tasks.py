@@ -191,6 +191,24 @@ def claim_waiting_tasks(
     return [_claimed(row) for row in rows]
 
 
+def release_claims_not_held(
+    conn: Connection, runner_id: str, held: Collection[str], now: datetime
+) -> int:
+    """Release the claims of ``runner_id`` on waiting tasks it does not hold in memory
+    (``held``): a claim whose transaction committed while its connection was cut, so its
+    runner never learnt of it. Never sent, so no duplicate: anyone may claim them again."""
+    query = (
+        video_tasks.update()
+        .where(
+            t.claimed_by == runner_id,
+            t.status == TaskStatus.PENDING.value,
+            t.id.not_in(sorted(held)) if held else sa.true(),
+        )
+        .values(claimed_by=None, claimed_at=None, updated_at=now)
+    )
+    return max(0, conn.execute(query).rowcount)
+
+
 def _claimed(row: Any) -> ClaimedTask:
     spec, reason = validate_row(row)
     return ClaimedTask(_state(row), row.batch_job_id, spec, reason, row.claimed_by is not None)

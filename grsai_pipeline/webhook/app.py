@@ -25,6 +25,7 @@ from typing import Final
 import uvicorn
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -35,8 +36,11 @@ from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.engine.callbacks import CallbackVerdict, apply_callback
 from grsai_pipeline.errors import CallbackRefused
 from grsai_pipeline.grsai.wire import PollResponse, parse_callback
+from grsai_pipeline.store.outages import is_outage, ride_out
 
 MAX_BODY_BYTES: Final = 64 * 1024
+# How long a callback waits out a failover of the application database before its 503.
+OUTAGE_TOLERANCE_S: Final = 10.0
 STATUS_OF: Final = {
     CallbackVerdict.APPLIED: 200,
     CallbackVerdict.UNCHANGED: 200,
@@ -61,7 +65,20 @@ def create_app(engine: Engine, secret: str, policy: RetryPolicy) -> Starlette:
         except CallbackRefused as refused:
             log.warning("callback refused (%s): %s", refused.status, refused.reason)
             return JSONResponse({"error": refused.reason}, status_code=refused.status)
-        outcome = await asyncio.to_thread(apply_callback, engine, policy, task_id, answer)
+        try:
+            outcome = await asyncio.to_thread(
+                ride_out, "webhook", lambda: apply_callback(engine, policy, task_id, answer),
+                OUTAGE_TOLERANCE_S,
+            )  # fmt: skip
+        except SQLAlchemyError as error:
+            if not is_outage(error):
+                raise
+            # Longer than a sender waits: it may send again, and the backstop poll tells too.
+            return JSONResponse(
+                {"error": "the application database is unreachable; try again later"},
+                status_code=503,
+                headers={"Retry-After": "10"},
+            )
         log.info("callback for task %s: %s (%s)", task_id, outcome.verdict, outcome.status)
         return JSONResponse(
             {"task_id": task_id, "result": outcome.verdict.value, "status": outcome.status},

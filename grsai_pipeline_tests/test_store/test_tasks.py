@@ -35,6 +35,7 @@ from grsai_pipeline.store.tasks import (
     RemoteTask,
     apply_transitions,
     claim_waiting_tasks,
+    release_claims_not_held,
     task_for_callback,
     tasks_at_api,
     unfinished_per_batch,
@@ -193,6 +194,25 @@ def test_a_live_runner_keeps_its_claims(engine: sa.Engine) -> None:
     assert (_ids(first), _ids(second), third) == (ids[:2], ids[2:], [])
     assert _claimed_by(engine, batch_id) == ["runner-a", "runner-a", "runner-b", "runner-b"]
     assert [t["possible_duplicates"] for t in tasks_of(engine, batch_id)] == [0] * 4
+
+
+def test_claims_a_runner_never_learnt_of_are_released_for_anyone_as_never_sent(
+    engine: sa.Engine,
+) -> None:
+    """A claim that committed on a cut connection (issue 26): its live runner releases what it
+    does not hold, keeps what it holds, and the released tasks are claimed again as fresh."""
+    batch_id = _batch(engine, 3)
+    with Heartbeat(engine, "runner-a", 300), Heartbeat(engine, "runner-b", 300):
+        held = _ids(claim(engine, batch_id, "runner-a", 3))[:1]
+        with engine.begin() as conn:
+            released = release_claims_not_held(conn, "runner-a", set(held), utc_now())
+        assert released == 2
+        again = claim(engine, batch_id, "runner-b")
+
+    ids = task_ids(engine, batch_id)
+    assert _ids(again) == ids[1:] and not any(c.reclaimed for c in again)
+    assert _claimed_by(engine, batch_id) == ["runner-a", "runner-b", "runner-b"]
+    assert [t["possible_duplicates"] for t in tasks_of(engine, batch_id)] == [0] * 3
 
 
 def test_a_runner_that_keeps_beating_keeps_its_claims_past_the_lease(engine: sa.Engine) -> None:
