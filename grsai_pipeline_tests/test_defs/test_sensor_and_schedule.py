@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline_tests.conftest import TEST_API_KEY
+from grsai_pipeline_tests.cutting_proxy import CuttingProxy
 from grsai_pipeline_tests.helpers import new_batch
 from grsai_pipeline_tests.test_defs.dagster_helpers import schedule_tick, sensor_tick, start_run
 
@@ -276,6 +277,31 @@ def test_schedule_keeps_grsai_repoll_runs_at_work(app_env, engine, instance, mon
     with Heartbeat(engine, run_ids[2], 300), Heartbeat(engine, run_ids[3], 300):
         monkeypatch.setattr("grsai_pipeline.defs.schedules.HANDOVER_AFTER_S", 3600.0)
         assert len(schedule_tick(instance)[0]) == 1
+
+
+def test_ticks_skip_with_the_reason_while_the_application_database_fails_over(
+    app_env, engine, instance, database_url, monkeypatch
+) -> None:
+    """Issue 26: behind a proxy that cuts every connection, the sensor and the schedule skip
+    their tick saying why (the sensor's cursor stays), and the next tick takes what waits."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a failover cuts a server's connections; SQLite is a file")
+    batch_id = new_batch(engine, [TASK])
+    make_processing(engine, new_batch(engine, [TASK]))
+    url = sa.engine.make_url(database_url)
+    with CuttingProxy(url.host or "", url.port or 5432) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port)
+        monkeypatch.setenv("GRSAI_DATABASE_URL", proxied.render_as_string(hide_password=False))
+        proxy.cut(30.0)
+        skipped = sensor_tick(instance, None)
+        assert skipped.skip_message is not None and skipped.cursor is None
+        assert "the application database is unreachable" in skipped.skip_message
+        requests, reason = schedule_tick(instance)
+        assert requests == [] and reason is not None
+        assert reason.startswith("cannot re-poll: the application database is unreachable")
+    monkeypatch.setenv("GRSAI_DATABASE_URL", database_url)
+    assert batch_id in [r.partition_key for r in sensor_tick(instance, None).run_requests]
+    assert len(schedule_tick(instance)[0]) == 1
 
 
 def test_schedule_with_nothing_to_do_requests_nothing(app_env, engine, instance) -> None:

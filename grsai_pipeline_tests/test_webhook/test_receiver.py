@@ -17,6 +17,7 @@ from grsai_pipeline.dev.server import BackgroundServer
 from grsai_pipeline.domain.callbacks import CALLBACK_PATH, callback_token, callback_url
 from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.webhook.app import MAX_BODY_BYTES, create_app
+from grsai_pipeline_tests.cutting_proxy import CuttingProxy
 from grsai_pipeline_tests.helpers import table_snapshot
 from grsai_pipeline_tests.test_store.store_support import task_row
 from grsai_pipeline_tests.test_webhook.webhook_support import (
@@ -221,3 +222,30 @@ def test_anything_else_gets_a_4xx_and_changes_nothing(
 
     assert response.status_code == status, response.text
     assert table_snapshot(engine) == before
+
+
+def test_a_callback_rides_out_a_short_failover_and_answers_503_past_it(
+    pipeline_env: dict[str, str], engine: sa.Engine, database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Issue 26: the receiver's database behind a proxy that cuts every connection. A cut
+    shorter than its patience is waited out and the callback applied; a longer one gets 503
+    with Retry-After (the sender may send again; the backstop poll tells the end too)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a failover cuts a server's connections; SQLite is a file")
+    monkeypatch.setattr("grsai_pipeline.webhook.app.OUTAGE_TOLERANCE_S", 2.0)
+    first, second = submitted(engine, [SORA, SORA])
+    url = sa.engine.make_url(database_url)
+    with CuttingProxy(url.host or "", url.port or 5432) as proxy:
+        proxied = sa.create_engine(url.set(host="127.0.0.1", port=proxy.port))
+        app = create_app(proxied, SECRET, RetryPolicy(max_task_retries=2))
+        with BackgroundServer(app) as server, httpx.Client(base_url=server.base_url) as client:
+            assert post(client, first, answer(first, status="running", progress=5)).is_success
+            proxy.cut(1.0)
+            assert post(client, first, sora_success(first)).status_code == 200
+            proxy.cut(30.0)
+            refused = post(client, second, sora_success(second))
+        proxied.dispose()
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "10"
+    assert task_row(engine, first["id"])["status"] == "succeeded"
+    assert task_row(engine, second["id"])["status"] == "processing"
