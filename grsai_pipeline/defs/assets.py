@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+from sqlalchemy.engine import Engine
 
+from grsai_pipeline.config import Settings
 from grsai_pipeline.defs.checks import LEDGER_CHECK, TASKS_CHECK, VIDEO_CHECK
 from grsai_pipeline.defs.metadata import PREVIEW_ROWS, batch_metadata, engine_metadata
 from grsai_pipeline.defs.partitions import batches, partitioned_check
@@ -40,6 +42,7 @@ from grsai_pipeline.store.intake import take_in_batch
 from grsai_pipeline.store.outages import ride_out
 from grsai_pipeline.store.outcomes import batch_outcomes
 from grsai_pipeline.store.retries import RetryStart, retry_failed_tasks
+from grsai_pipeline.store.runners import open_batch_runners
 from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.videos.archiver import archive_videos
 
@@ -95,8 +98,14 @@ ARCHIVE_CHECK = partitioned_check(
 )
 
 
+# Past its budget a batch's run leaves its batch to the re-polling run; when none is up (a cold
+# start) it follows on for this long: the schedule's next tick (a minute at most) and a start.
+COLD_FOLLOW_S = 75.0
+
+
 class FollowConfig(dg.Config):
-    """``budget_s`` caps in-run polling; unset means ``GRSAI_POLL_BUDGET_S``."""
+    """``budget_s`` caps in-run polling; unset means ``GRSAI_POLL_BUDGET_S`` (for the sensor's
+    run of a new batch, at least ``COLD_FOLLOW_S`` while no re-polling run is up)."""
 
     budget_s: float | None = None
 
@@ -119,6 +128,12 @@ def _open_batch(context: dg.AssetExecutionContext, app_db: AppDatabase) -> str:
     if missing:
         context.instance.add_run_tags(context.run.run_id, missing)
     return batch_id
+
+
+def _relieved(db: Engine, settings: Settings) -> bool:
+    """Whether a re-polling run is up to follow the batch once this run's budget is spent."""
+    with reading(db) as conn:
+        return open_batch_runners(conn, settings.claim_lease_s) > 0
 
 
 def _view_metadata(app_db: AppDatabase, batch_id: str, policy: RetryPolicy) -> dict[str, Any]:
@@ -184,6 +199,10 @@ def batch_lifecycle(
                     **engine_metadata(submitted),
                 },
             )
+            if sensor_run and config.budget_s is None and not _relieved(db, settings):
+                # No re-polling run is up to take the new batch over past the budget (a cold
+                # start: the schedule ticks each minute): follow it until one can be.
+                budget = max(budget, COLD_FOLLOW_S)
             followed = worker.run(Until.FINAL, budget)
     except (RunStopped, SettingsError) as exc:
         # A bad key, no upstream credits, no key: the run stops, no task fails, no retries.

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from grsai_pipeline.defs.runs import batch_run_tags
 from grsai_pipeline.dev.simulator import FaultRule, SimulatorServer
+from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline_tests.helpers import (
     assert_ledger_invariants,
     ledger_kinds,
@@ -141,6 +142,27 @@ def test_unfinished_batch_waits_then_settles_on_a_later_run(
     assert second.success
     assert ledger_kinds(engine, batch_id) == {"reserve": 1, "charge": 1}
     assert_ledger_invariants(engine)
+
+
+def test_the_sensor_s_run_follows_its_batch_past_the_budget_until_a_re_polling_run_is_up(
+    pipeline_env, engine, simulator, instance, monkeypatch
+) -> None:
+    """Issue 22's fairness case, cold: with no re-polling run up (the schedule ticks each
+    minute), the sensor's run of a new batch does not leave it to nobody after
+    GRSAI_POLL_BUDGET_S; with one up, it does."""
+    monkeypatch.setenv("GRSAI_POLL_BUDGET_S", "0")
+    httpx.post(f"{simulator.base_url}/_sim/config", json={"generation_s": [1.5, 1.5]})
+    sensor = {"grsai/trigger": "sensor"}
+    alone = new_batch(engine, [{"prompt": "slow", "model": "sora-2"}])
+
+    first = run_batch(instance, alone, tags=sensor | {"batch_id": alone})
+
+    assert first.success
+    assert materializations(first)["settled_ledger"]["settlement"] == "settled"
+    relieved = new_batch(engine, [{"prompt": "slow too", "model": "sora-2"}])
+    with Heartbeat(engine, "a-re-polling-run", 300):
+        second = run_batch(instance, relieved, tags=sensor | {"batch_id": relieved})
+    assert materializations(second)["settled_ledger"]["settlement"].startswith("waiting on 1")
 
 
 def test_a_row_from_another_writer_is_validated_again_and_refunded(
