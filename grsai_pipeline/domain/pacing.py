@@ -10,7 +10,8 @@ is done. So the wait before the next poll is decided from what is known of the t
   as long went on to end within the wait (``NO_PROGRESS_SHARE`` of them).
 - **Progress**: while the task's ``progress`` does not go back, its end is estimated from the
   pace at which it reached its figure (``t_p * 100 / p``, ``t_p`` when the figure was first
-  seen), and the engine waits a share of the time left, so the waits shrink as the end nears;
+  seen, ``p`` taken ``PROGRESS_SLACK`` points higher for a figure that lags), and the engine
+  waits a share of the time left, so the waits shrink as the end nears;
   past that end (a coarse step overdue, progress stuck near 100) it polls every interval.
 
 The shorter wait wins, never less than ``interval_s`` (GRSAI_POLL_INTERVAL_S) nor more than
@@ -38,7 +39,11 @@ EARLY_QUANTILE: Final = 0.02
 # Shares of the time left that the engine waits: a margin for a history that drifts and for
 # progress that is coarse (steps of 25) or noisy.
 HISTORY_SHARE: Final = 0.8
-PROGRESS_SHARE: Final = 0.45
+PROGRESS_SHARE: Final = 0.6
+# Points a figure may be behind the task's true progress (the API's progress is noisy, or in
+# steps): the end is estimated from the figure plus these, so a 1 % seen in the first seconds
+# does not promise minutes (a 52 s video was seen 60 s late so, benchmarks/polling.py).
+PROGRESS_SLACK: Final = 3
 # A task with no progress figure waits while at most this share of the model's tasks that ran
 # as long went on to end within the wait: few enough that such tasks stay within the freshness
 # target's 5 % of late ends, while a poll every interval would cost them minutes of polls.
@@ -120,7 +125,7 @@ def next_poll_in(
         # Paced from when this figure appeared: progress in coarse steps (25, 50, 75) says
         # when the next step is due, not only how far it is.
         reached = progress_from_s if progress_from_s is not None else elapsed_s
-        left = reached * 100 / progress - elapsed_s
+        left = reached * 100 / min(100, progress + PROGRESS_SLACK) - elapsed_s
         # Past the end its own pace predicts: the end is near (or progress is stuck near it).
         waits.append(PROGRESS_SHARE * left if left > 0 else pace.interval_s)
     wait = min(waits) if waits else pace.interval_s

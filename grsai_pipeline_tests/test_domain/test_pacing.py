@@ -8,6 +8,7 @@ import pytest
 from grsai_pipeline.domain.pacing import (
     NO_PROGRESS_SHARE,
     PROGRESS_SHARE,
+    PROGRESS_SLACK,
     ModelDurations,
     Pace,
     next_poll_in,
@@ -71,9 +72,11 @@ def test_a_task_ended_at_its_first_poll_counts_in_the_history() -> None:
 def test_rising_progress_shortens_the_waits_as_the_end_nears() -> None:
     waits = [wait(elapsed, progress=int(elapsed / 2), before=0) for elapsed in (20, 100, 180)]
     assert waits == sorted(waits, reverse=True)
-    assert PROGRESS_SHARE == 0.45
-    assert waits[0] == pytest.approx(60.0)  # 0.45 x 180 s left at 10 %, the max gap
-    assert waits[-1] == pytest.approx(9.0)  # 0.45 x 20 s left at 90 %
+    assert (PROGRESS_SHARE, PROGRESS_SLACK) == (0.6, 3)
+    # At 10 % after 20 s: the end is due at 20 x 100 / 13 (the figure + 3 points); 0.6 of the
+    # time left is over the max gap.
+    assert waits[0] == 60.0
+    assert waits[-1] == pytest.approx(0.6 * (180 * 100 / 93 - 180))  # 8.1 s at 90 %
     assert wait(198.0, progress=99, before=98) == 2.0
 
 
@@ -101,8 +104,8 @@ def test_callbacks_make_polls_a_backstop_and_an_equal_gap_fixed_polling() -> Non
 
 
 def test_coarse_progress_is_paced_from_when_its_figure_appeared() -> None:
-    """Steps of 25: at 75 since 150 s (of a 200 s task), the end is due at 200 s, however long
-    the figure has stood; once overdue by its own pace, every interval."""
+    """Steps of 25: at 75 since 150 s (of a 200 s task), the end is due by 192 s (the figure
+    taken 3 points higher), however long the figure has stood; once overdue, every interval."""
     first = next_poll_in(
         PACE, elapsed_s=160.0, progress=75, progress_before=75, durations=None,
         progress_from_s=150.0,
@@ -115,6 +118,7 @@ def test_coarse_progress_is_paced_from_when_its_figure_appeared() -> None:
         PACE, elapsed_s=205.0, progress=75, progress_before=75, durations=None,
         progress_from_s=150.0,
     )  # fmt: skip
-    assert first == pytest.approx(18.0)  # 0.45 x the 40 s left
-    assert later == pytest.approx(4.5)
+    end = 150 * 100 / 78  # 75 % and 3 points of slack since 150 s: 192.3 s
+    assert first == pytest.approx(0.6 * (end - 160))  # 19.4 s
+    assert later == 2.0  # 2.3 s left: 1.4 s, never under the interval
     assert overdue == 2.0
