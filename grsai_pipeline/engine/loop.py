@@ -57,7 +57,7 @@ from grsai_pipeline.errors import ApiUnavailable, RateLimited, RunStopped
 from grsai_pipeline.grsai.client import GrsaiClient
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import is_postgres
-from grsai_pipeline.store.outages import Outage, is_outage
+from grsai_pipeline.store.outages import OUTAGE_TOLERANCE_S, Outage, is_outage
 from grsai_pipeline.store.polls import hold_accepted, hold_for, renew_holds
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.tasks import (
@@ -354,7 +354,10 @@ class Engine:
             return NotSent()
         if not self.heartbeat.fresh:
             # Our claims may be taken over soon: never send what another runner may send too.
-            # Claiming resumes once the heartbeat is renewed (a database back from a failover).
+            # Claiming resumes once the heartbeat is renewed (a database back from a failover);
+            # stale for longer than an outage is ridden out, the rest waits for the next run.
+            if self.heartbeat.stale_for > OUTAGE_TOLERANCE_S:
+                self._stop_claiming()
             return NotSent()
         self.report.submits += 1
         self.report.possible_duplicates += int(claimed.reclaimed)

@@ -100,7 +100,12 @@ class Heartbeat:
 
     @property
     def fresh(self) -> bool:
-        return time.monotonic() - self._renewed < self.lease_s / 2
+        return self.stale_for < self.lease_s / 2
+
+    @property
+    def stale_for(self) -> float:
+        """Seconds since the last renewal."""
+        return time.monotonic() - self._renewed
 
     def __enter__(self) -> Heartbeat:
         now = self.started_at = utc_now()
