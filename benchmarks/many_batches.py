@@ -5,6 +5,7 @@
     python benchmarks/many_batches.py --as-users         # 100 x 5 tasks of 180 s, SQLite
     python benchmarks/many_batches.py --as-users --batches 300 --tasks 10 --postgres
     python benchmarks/many_batches.py --as-users --fairness [--warm]  # 3 tasks behind 1,500
+    python benchmarks/many_batches.py --as-users --realistic [--max-gap 2]  # paced (fixed)
 
 The window mode (the default): the batches are made and submitted first (the API stand-in keeps
 every task running for an hour), their partitions exist (the sensor has seen them), and then
@@ -50,6 +51,23 @@ the last open batch settles) is already up. It waits until both settle, then pri
 first submit after its `created_at` (when the stand-in made its first remote task, and the
 earliest `video_tasks.submitted_at`, which a resubmission overwrites), its `settled_at` after
 `created_at`, whether the small one settled first, the runs launched and the CPU spent.
+
+The realistic case (`--as-users --realistic`, issue 25): the same set-up, but the stand-in is
+the simulator's realistic mode (durations per model with a long tail, the progress kinds of
+grsai_pipeline/dev/generation.py, every task succeeding), the batch files' tasks spread over
+the models as benchmarks/polling.py does (half sora-2, 30 % veo-flash, 20 % veo-pro, in a seeded
+order), and `--max-gap` is GRSAI_POLL_MAX_GAP_S (the interval: fixed polling; 60, the default:
+paced). Real generations take minutes, so it does not wait for every batch to settle: it
+measures for `--measure-s` seconds from the first `batch create`, lets `dagster dev` run
+`GRACE_S` more so that tasks which ended just before the stop can be told, and prints, over the
+tasks whose end upstream came before the stop: polls per task (to the poll that told its end),
+the delay from the end upstream to the answer that told it (p50/p95/max, and as x interval);
+over every task made before the stop (each up to its end or the stop): the longest gap between
+two polls (p95/max, against the max gap); over the window: polls per second and per open
+task, the wire's floor (GRSAI_MAX_CONCURRENCY / latency polls a second) and how many open tasks
+it follows at that rate, the open tasks over time (peak), the CPU the machine spent, and
+whether the freshness of issue 25 is met (p95 end -> told at most 1.5 x the interval, no gap
+over 60 s). Time is not scaled: `dagster dev`'s own timings do not scale.
 
 The application database and the instance are SQLite by default (the instance's dagster.yaml
 is the one `make dev` writes). With `--postgres [URL]` (a server; default the local one, user
@@ -293,6 +311,14 @@ def add_as_users_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--warm", action="store_true", help="--fairness: a warm-up batch settled first"
     )
+    group.add_argument("--realistic", action="store_true",
+                       help="realistic durations per model and progress (issue 25)")  # fmt: skip
+    group.add_argument(
+        "--max-gap", type=float, help="GRSAI_POLL_MAX_GAP_S (the interval: fixed polling); 60"
+    )
+    group.add_argument(
+        "--measure-s", type=float, default=360.0, help="--realistic: seconds from the 1st create"
+    )
 
 
 @dataclass
@@ -357,6 +383,8 @@ def as_users_env(args: argparse.Namespace, base_url: str, work: Path, dbs: Datab
         "GRSAI_ARCHIVE_URL": str(work / "videos"),  # not ./videos of the repository
         "DAGSTER_HOME": str(home),
     }
+    if args.max_gap is not None:
+        env["GRSAI_POLL_MAX_GAP_S"] = f"{args.max_gap:g}"
     if dbs.instance_url:
         env["DAGSTER_PG_URL"] = dbs.instance_url
     return env
@@ -376,9 +404,11 @@ def users_of(args: argparse.Namespace) -> list[str]:
 
 
 def grant_credits(args: argparse.Namespace, env: dict[str, str]) -> None:
-    """Enough credits for every user's batches (Sora, 10 s: 10 credits a task; twice that)."""
+    """Enough credits for every user's batches (Sora, 10 s: 10 credits a task; twice that;
+    realistic: veo-pro's 40, twice)."""
     users = users_of(args)
-    amount = 20 * args.tasks * math.ceil(args.batches / len(users))
+    per_task = 80 if args.realistic else 20
+    amount = per_task * args.tasks * math.ceil(args.batches / len(users))
     with ThreadPoolExecutor(args.create_workers) as pool:
         list(pool.map(lambda user: cli(env, "credits", "grant", user, str(amount)), users))
 
@@ -386,10 +416,12 @@ def grant_credits(args: argparse.Namespace, env: dict[str, str]) -> None:
 def write_batch_files(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
     """Per batch, its user and its batch file (a JSON list of Sora tasks, as the web app writes)."""
     users = users_of(args)
+    models = realistic_models(args.batches * args.tasks) if args.realistic else None
     files = []
     for n in range(args.batches):
         user = users[n % len(users)]
-        tasks = [{"prompt": f"{user} batch {n} task {i}", "model": "sora-2"}
+        tasks = [{"prompt": f"{user} batch {n} task {i}",
+                  "model": models[n * args.tasks + i] if models else "sora-2"}
                  for i in range(args.tasks)]  # fmt: skip
         path = work / "batches" / f"batch-{n}.json"
         path.parent.mkdir(exist_ok=True)
@@ -640,9 +672,15 @@ def run_under_dagster_dev(args: argparse.Namespace) -> None:
         gen = args.generation_s
         stand_in = StandIn(latency_s, (gen, gen), log_polls=True)
     try:
+        if args.realistic:  # the simulator's realistic mode (its seed stays 7)
+            post_json(stand_in.base_url, "/_sim/config", {"realistic": True})
         env = as_users_env(args, stand_in.base_url, work, dbs)
-        (print_fairness_header if fairness else print_header)(args, dbs)
-        (measure_fairness if fairness else measure_as_users)(args, env, stand_in, dbs, work)
+        if args.realistic:
+            print_realistic_header(args, dbs, env)
+            measure_realistic(args, env, stand_in, dbs, work)
+        else:
+            (print_fairness_header if fairness else print_header)(args, dbs)
+            (measure_fairness if fairness else measure_as_users)(args, env, stand_in, dbs, work)
     finally:
         stand_in.stop()
     if dbs.made:
@@ -688,6 +726,205 @@ def measure_as_users(args: argparse.Namespace, env: dict[str, str], stand_in: St
     print(f"CPU from `dagster dev`'s start to the last settlement ({os.cpu_count()} cores x "
           f"{elapsed:.0f} s = {(os.cpu_count() or 1) * elapsed:.0f} s): {busy:.0f} s busy, of "
           f"which the API stand-in {stand_in_cpu:.1f} s")  # fmt: skip
+
+
+# --- realistic (--as-users --realistic): paced polls against fixed ones (issue 25) ----------
+
+# How the batch files' tasks spread over the models (benchmarks/polling.py's shares).
+REALISTIC_SHARES = {"sora-2": 0.5, "veo-flash": 0.3, "veo-pro": 0.2}
+REALISTIC_SEED = 7
+GRACE_S = 60.0  # after the stop, for the tasks that ended just before it to be told
+FRESHNESS_X = 1.5  # the issue: p95 end upstream -> told at most 1.5 x GRSAI_POLL_INTERVAL_S
+OPEN_STEP_S = 30.0  # the open tasks are printed every this many seconds
+
+
+def post_json(base_url: str, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        f"{base_url}{path}", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def realistic_models(count: int) -> list[str]:
+    """``count`` models in REALISTIC_SHARES, in an order drawn from REALISTIC_SEED."""
+    import random
+
+    counts = {m: round(share * count) for m, share in REALISTIC_SHARES.items()}
+    counts["sora-2"] += count - sum(counts.values())
+    models = [m for m, n in counts.items() for _ in range(n)]
+    random.Random(REALISTIC_SEED).shuffle(models)
+    return models
+
+
+def effective_max_gap(args: argparse.Namespace, env: dict[str, str]) -> float:
+    return float(env.get("GRSAI_POLL_MAX_GAP_S") or 60.0)
+
+
+def wire_floor(args: argparse.Namespace) -> float:
+    """Polls a second the wire allows one engine: its request slots, each a round trip."""
+    return float(args.concurrency) / (args.latency_ms / 1000)
+
+
+def print_realistic_header(args: argparse.Namespace, dbs: Databases, env: dict[str, str]) -> None:
+    max_gap = effective_max_gap(args, env)
+    mode = "fixed polling" if max_gap <= args.poll_interval else "paced polling"
+    shares = ", ".join(f"{m} {share:.0%}" for m, share in REALISTIC_SHARES.items())
+    print(f"as users, realistic ({mode}): {args.batches:,} batches x {args.tasks} tasks "
+          f"({args.batches * args.tasks:,} tasks: {shares}), the simulator's realistic "
+          f"durations and progress, every task succeeding; {len(users_of(args))} users, API "
+          f"latency {args.latency_ms:g} ms; GRSAI_POLL_INTERVAL_S={args.poll_interval:g} "
+          f"GRSAI_POLL_MAX_GAP_S={max_gap:g} GRSAI_POLL_BUDGET_S={args.poll_budget:g} "
+          f"GRSAI_MAX_CONCURRENCY={args.concurrency}; {dbs.describe()}; {os.cpu_count()} cores;"
+          f" measured {args.measure_s:g} s from the first `batch create`", flush=True)  # fmt: skip
+
+
+@dataclass
+class Window:
+    """The measured stretch (wall clock) and what the machine spent in it."""
+
+    start: float  # the first `batch create` began
+    stop: float
+    busy_s: float
+    stand_in_cpu_s: float
+
+
+def wait_until(moment: float, dev: subprocess.Popen[bytes], stand_in: StandIn,
+               start: float) -> None:  # fmt: skip
+    """Sleep until ``moment`` (wall clock), telling the open tasks each minute."""
+    shown = time.time()
+    while (now := time.time()) < moment:
+        if dev.poll() is not None:
+            raise SystemExit(f"dagster dev exited ({dev.returncode}) during the measure")
+        if now - shown >= 60:
+            shown = now
+            records = call(stand_in.base_url, "GET", "/_sim/tasks").values()
+            running = sum(1 for r in records if r["ended"] > now)
+            told = sum(1 for r in records if r["told"] is not None)
+            print(f"  {now - start:.0f} s: {len(records)} tasks made upstream, {running} "
+                  f"running there, {told} told done", flush=True)  # fmt: skip
+        time.sleep(min(5.0, max(0.0, moment - now)))
+
+
+def measure_realistic(args: argparse.Namespace, env: dict[str, str], stand_in: StandIn,
+                      dbs: Databases, work: Path) -> None:  # fmt: skip
+    cli(env, "db", "init")
+    grant_credits(args, env)
+    files = write_batch_files(args, work)
+    log = work / "dagster-dev.log"
+    launched = time.time()
+    dev, port = start_dagster_dev(env, log)
+    try:
+        wait_for_webserver(dev, port, log)
+        print(f"dagster dev answers {time.time() - launched:.0f} s after its start", flush=True)
+        busy_before, stand_in_before = machine_busy_s(), _cpu_of(stand_in.pid)
+        start = time.time()
+        stop = start + args.measure_s
+        made = create_batches(args, env, files)
+        print_creation(args, made)
+        wait_until(stop, dev, stand_in, start)
+        window = Window(start, time.time(), machine_busy_s() - busy_before,
+                        _cpu_of(stand_in.pid) - stand_in_before)  # fmt: skip
+        wait_until(window.stop + GRACE_S, dev, stand_in, start)
+        records = call(stand_in.base_url, "GET", "/_sim/tasks")
+        polls = {task: sorted(times) for task, times in stand_in.polls().items()}
+        runs = run_summary(env)
+    finally:
+        stop_dagster_dev(dev)
+    (work / "polls.json").write_text(json.dumps(polls))
+    (work / "tasks.json").write_text(json.dumps(records))
+    print_realistic(args, env, window, records, polls)
+    print_runs(runs, log)
+
+
+def open_at(records: dict[str, dict[str, Any]], moment: float) -> int:
+    """Tasks made upstream and not yet ended there at ``moment``."""
+    return sum(1 for r in records.values() if r["made"] <= moment < r["ended"])
+
+
+def print_realistic(args: argparse.Namespace, env: dict[str, str], window: Window,
+                    records: dict[str, dict[str, Any]], polls: dict[str, list[float]]
+                    ) -> None:  # fmt: skip
+    interval, max_gap = args.poll_interval, effective_max_gap(args, env)
+    start, stop = window.start, window.stop
+    made = {r: rec for r, rec in records.items() if rec["made"] < stop}
+    ended = {r: rec for r, rec in made.items() if rec["ended"] < stop}
+    told = {r: rec for r, rec in ended.items() if rec["told"] is not None}
+    never = sum(1 for r in made if not polls.get(r))
+    print(f"measured {stop - start:.0f} s from the first `batch create`; read {GRACE_S:g} s "
+          f"later. Tasks made upstream before the stop: {len(made):,} ({never} never polled); "
+          f"of them ended upstream before the stop: {len(ended):,} (the figures of polls per "
+          f"task and end -> told are over these), told by the read: {len(told):,}")  # fmt: skip
+    by_model: dict[str, list[float]] = {}
+    for rec in made.values():
+        by_model.setdefault(rec["model"], []).append(rec["duration_s"])
+    print("durations drawn (every task made): " + "; ".join(
+        f"{m} {len(d)} tasks p50 {statistics.median(d):.0f} s, p95 {pct(d, 0.95):.0f} s"
+        for m, d in sorted(by_model.items())))  # fmt: skip
+    per_task = [sum(1 for t in polls.get(r, []) if t <= rec["told"]) for r, rec in told.items()]
+    if per_task:
+        print(f"polls per task (ended before the stop, to the poll that told it): mean "
+              f"{statistics.fmean(per_task):.1f}, p50 {statistics.median(per_task):.0f}, p95 "
+              f"{pct(per_task, 0.95):.0f}")  # fmt: skip
+    delays = [rec["told"] - rec["ended"] for rec in told.values()]
+    if delays:
+        p50, p95, worst = statistics.median(delays), pct(delays, 0.95), max(delays)
+        print(f"end upstream -> told: p50 {p50:.1f} s ({p50 / interval:.2f}x), p95 {p95:.1f} s "
+              f"({p95 / interval:.2f}x), max {worst:.1f} s ({worst / interval:.2f}x the "
+              f"interval); {len(ended) - len(told)} ended before the stop and not told by the "
+              f"read")  # fmt: skip
+    gaps = [task_longest_gap(rec["made"], min(rec["ended"], stop), polls.get(r, []))
+            for r, rec in made.items()]  # fmt: skip
+    over_limit = sum(1 for g in gaps if g > MAX_GAP_S)
+    over_own = sum(1 for g in gaps if g > max_gap + 1)
+    if gaps:
+        print(f"longest gap between two polls of a task (every task made, from its submit to "
+              f"its end or the stop): p95 {pct(gaps, 0.95):.1f} s, max {max(gaps):.1f} s, "
+              f"against GRSAI_POLL_MAX_GAP_S {max_gap:g} s ({max(gaps) / max_gap:.2f}x); "
+              f"tasks over {MAX_GAP_S:g} s: {over_limit}, over the max gap + 1 s: "
+              f"{over_own}")  # fmt: skip
+    in_window = [t for times in polls.values() for t in times if start <= t < stop]
+    exposure = sum(max(0.0, min(rec["told"] or stop, stop) - max(rec["made"], start))
+                   for rec in made.values())  # fmt: skip
+    buckets: dict[int, int] = {}
+    for t in in_window:
+        buckets[int((t - start) // 10)] = buckets.get(int((t - start) // 10), 0) + 1
+    floor = wire_floor(args)
+    rate = len(in_window) / exposure if exposure else 0.0
+    print(f"polls in the window: {len(in_window):,}, {len(in_window) / (stop - start):.1f} a "
+          f"second (busiest 10 s: {max(buckets.values(), default=0) / 10:.1f} a second); per "
+          f"open task (submit to told) {rate:.3f} a second, one poll every "
+          f"{(1 / rate if rate else math.inf):.1f} s")  # fmt: skip
+    follows = floor / rate if rate else math.inf
+    busiest = max(buckets.values(), default=0) / 10 / floor
+    print(f"floor: the wire, GRSAI_MAX_CONCURRENCY {args.concurrency} / {args.latency_ms:g} ms ="
+          f" {floor:.0f} polls a second; busiest 10 s / floor = {busiest:.2f}; at this rate per "
+          f"open task the wire follows {follows:.0f} open tasks"
+          + (" (near the floor: the rate is what the wire gave, not what was asked)"
+             if busiest >= 0.85 else ""))  # fmt: skip
+    if max_gap <= interval:
+        asked = interval + args.latency_ms / 1000
+        print(f"fixed polling asks a poll every {asked:g} s (interval + a round trip) of each "
+              f"open task: the wire follows {floor * asked:.0f} open tasks so")  # fmt: skip
+    steps = [start + OPEN_STEP_S * k for k in range(int((stop - start) // OPEN_STEP_S) + 1)]
+    counts = [open_at(made, moment) for moment in steps]
+    samples = [open_at(made, start + k) for k in range(int(stop - start) + 1)]
+    print(f"open tasks upstream: peak {max(samples, default=0):,}; every {OPEN_STEP_S:g} s: "
+          + ", ".join(str(c) for c in counts))  # fmt: skip
+    cores = os.cpu_count() or 1
+    print(f"CPU over the window ({cores} cores x {stop - start:.0f} s = "
+          f"{cores * (stop - start):.0f} s): {window.busy_s:.0f} s busy "
+          f"({window.busy_s / (cores * (stop - start)):.0%}), of which the API stand-in "
+          f"{window.stand_in_cpu_s:.1f} s")  # fmt: skip
+    p95 = pct(delays, 0.95) if delays else math.inf
+    met = p95 <= FRESHNESS_X * interval and not over_limit and never == 0
+    verdict = "met" if met else "NOT met"
+    if not delays:
+        verdict = "not judged (no task told its end before the stop)"
+    print(f"freshness (p95 end -> told <= {FRESHNESS_X:g} x {interval:g} s = "
+          f"{FRESHNESS_X * interval:g} s, no gap over {MAX_GAP_S:g} s, every task polled): "
+          f"{verdict} at a peak of {max(samples, default=0):,} open tasks")  # fmt: skip
 
 
 # --- fairness (--as-users --fairness): a small batch right behind a large one ---------------
@@ -959,6 +1196,8 @@ def main() -> None:
             setattr(args, name, value)
     if args.generation_s is None and not args.fairness:
         args.generation_s = 180.0
+    if args.realistic and (not args.as_users or args.fairness):
+        parser.error("--realistic goes with --as-users (not --fairness)")
     if args.as_users:  # --fairness implies it
         run_under_dagster_dev(args)
     else:
