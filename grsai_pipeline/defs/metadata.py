@@ -141,6 +141,8 @@ def engine_metadata(report: EngineReport) -> dict[str, Any]:
         "possible_duplicates_now": report.possible_duplicates,
         # Answers another writer (a callback, an overlapping run) had already applied.
         "answers_already_applied": report.stale_writes,
+        # Polls left because this engine was late past its hold (another may poll the task).
+        "polls_left_past_hold": report.polls_left_past_hold,
         "paused_by_429": report.rate_limited,
         # A failover of the application database ridden out: how often, for how long.
         "database_outages": report.database_outages,

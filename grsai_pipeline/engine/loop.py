@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -140,6 +141,15 @@ class Engine:
         # How far ahead a poll's answer (or an accepted submit) holds the task for this engine:
         # past the longest wait until its next poll.
         self._hold = hold_for(self._pace.max_gap_s, settings.claim_lease_s)
+        # When this engine's hold on each task it polls ends, at the earliest (monotonic): a
+        # poll due later than that is left (another engine may have taken the task).
+        self._held_until: dict[str, float] = {}
+        # Tasks whose hold this engine could not renew (written by its worker thread; read
+        # and emptied by the event loop after each transaction).
+        self._holds_lost: set[str] = set()
+        # Left before the hold's end: an interval (another engine that takes the task at the
+        # hold's end polls it an interval after this engine's last poll, at the earliest).
+        self._hold_margin_s = settings.poll_interval_s
         self._reader = ScopeReader(
             db, scope, heartbeat, settings.claim_lease_s, settings.prices, self._hold
         )
@@ -246,6 +256,13 @@ class Engine:
         while len(self._in_flight) < self._slots:
             polls_turn = not self._to_submit or self._turn == 0
             if polls_turn and (task := self._polls.pop_due(now)) is not None:
+                if now > self._held_until.get(task.state.id, math.inf) - self._hold_margin_s:
+                    # Late past its hold (a busy engine): another engine may poll it now, and
+                    # two polls within an interval would be one too many. The next read of
+                    # the database takes it again if it is still free.
+                    self._held_until.pop(task.state.id, None)
+                    self.report.polls_left_past_hold += 1
+                    continue
                 self._start(self._poll(task))
             elif self._to_submit:
                 self._submits_in_flight += 1
@@ -410,12 +427,16 @@ class Engine:
                 # can have, so a coarse step's end is not overshot by half a long wait.
                 seen_at = _last_answer(polled) or now
             answered_at = now if isinstance(event, Answered) else None
+            if isinstance(event, Answered | Accepted):
+                # Held from the write to come (renew_holds, hold_accepted): later than this.
+                self._held_until[state.id] = time.monotonic() + self._hold.total_seconds()
             task = RemoteTask(
                 after, batch_id, model, progress_seen_at=seen_at, answered_at=answered_at
             )
             self._polls.schedule(task, self._next_poll_in(task, before))
         else:
             self._polls.forget(state.id)
+            self._held_until.pop(state.id, None)
             if after.status == TaskStatus.PENDING.value:
                 self._want(batch_id)
 
@@ -508,6 +529,7 @@ class Engine:
             self._unwritten.put_back(transitions, polled)
             # Its claims may have committed unseen: released by the next transaction.
             self._claims_unseen = self._claims_unseen or bool(quotas)
+            self._holds_lost.clear()  # read in a transaction that did not commit
             self._outage.failed(error)
             return
         finally:
@@ -515,6 +537,12 @@ class Engine:
         self._outage.ended()
         if held is not None:
             self._claims_unseen = False
+        for task_id in self._holds_lost:
+            # Another engine holds it now (or a writer had its row): it is not ours to poll;
+            # the next read of the database says whose it is.
+            self._polls.forget(task_id)
+            self._held_until.pop(task_id, None)
+        self._holds_lost.clear()
         self._in_doubt -= sum(1 for t in transitions if t.ends_claim)
         self._in_doubt += len(claimed)
         self._to_submit.extend(claimed)
@@ -552,7 +580,10 @@ class Engine:
                 if polled:
                     # Answered, a change or not: when, for whoever follows the task next; and
                     # this engine goes on holding it.
-                    renew_holds(conn, runner_id, polled, until=now + self._hold, polled_at=now)
+                    renewed = renew_holds(
+                        conn, runner_id, polled, until=now + self._hold, polled_at=now
+                    )
+                    self._holds_lost.update(set(polled) - renewed)
                 if held is not None:
                     # After this transaction's outcomes (they end their claims), before its
                     # new claims: what is left claimed by us and not held is an orphan.
@@ -602,6 +633,7 @@ class Engine:
                 self._want(batch_id)
         for task_id in known_before - seen.ids_at_api:
             self._polls.forget(task_id)  # moved on elsewhere: a callback, another runner
+            self._held_until.pop(task_id, None)
         now = time.monotonic()
         interval = self.settings.poll_interval_s
         decided_since = self._unwritten.decided()
@@ -614,6 +646,8 @@ class Engine:
             last = max((d for d in (task.state.submitted_at, task.polled_at) if d), default=None)
             waited = (wall_now - last).total_seconds() if last else interval
             self._polls.schedule(task, self._next_poll_in(task, None) - waited)
+            # Taken (or found held) during the read: held a hold from its start, at the least.
+            self._held_until[task.state.id] = seen.read_at + self._hold.total_seconds()
         self.report.unfinished = sum(seen.unfinished.values())
         self.report.waiting_claimable = sum(seen.waiting.values()) if self._claiming else 0
         self._rescanned_clean = not self._unwritten and not self._in_flight

@@ -32,6 +32,8 @@ class EngineReport:
     handed_over: bool = False
     # Decided writes whose guard no longer held (another writer moved the task first).
     stale_writes: int = 0
+    # Polls not sent because this engine came to them after its hold on the task had ended.
+    polls_left_past_hold: int = 0
     # As the last read of the scope found them.
     unfinished: int = 0
     waiting_claimable: int = 0

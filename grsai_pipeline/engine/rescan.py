@@ -9,6 +9,7 @@ the engine's database thread; touches nothing of the event loop's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,6 +48,8 @@ class Rescan:
     handed_over: bool = False
     # Recent durations per model (store/durations.py), when this read looked again.
     durations: dict[str, ModelDurations] | None = None
+    # When the read began (monotonic): the poll holds it took run from then, at the least.
+    read_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class ScopeReader:
     def read(self, known: set[str], *, durations: bool = False) -> Rescan:
         """The scope now; ``known``: the tasks at the API the engine already follows; with
         ``durations``, how long recent tasks of each model took, too."""
+        read_at = time.monotonic()
         with reading(self.db) as conn:
             handed_over = self.scope.handed_over(conn, self.heartbeat)
             batches = [] if handed_over else self.scope.batch_ids(conn)
@@ -83,7 +87,7 @@ class ScopeReader:
         with reading(self.db) as conn:
             new = tasks_at_api(conn, unknown) if unknown else []
             paced = recent_durations(conn) if durations else None
-        return Rescan(batches, claimable, unfinished, ids, new, handed_over, paced)
+        return Rescan(batches, claimable, unfinished, ids, new, handed_over, paced, read_at)
 
     def settle_finished(self, seen: Rescan) -> list[Settlement]:
         """Settle every batch in scope whose tasks are all final (callbacks may have finished

@@ -131,9 +131,10 @@ def renew_holds(
     *,
     until: datetime,
     polled_at: datetime | None,
-) -> None:
+) -> set[str]:
     """Hold these tasks' polls for ``runner_id`` until ``until`` (and, for a poll's answer,
-    say when it came: ``polled_at``), but those another runner holds now.
+    say when it came: ``polled_at``), but those another runner holds now; returns the ones
+    renewed (the others: another engine took them, or a writer had the row locked).
 
     Never waits for a lock (so it cannot deadlock with the guarded writes): a row another
     writer holds keeps its older hold this once."""
@@ -141,8 +142,11 @@ def renew_holds(
     if polled_at is not None:
         values["polled_at"] = polled_at
     ours = sa.or_(t.polled_by.is_(None), t.polled_by == runner_id)
+    renewed: set[str] = set()
     for chunk in _chunks(conn, sorted(task_ids), skip_locked=True):
-        conn.execute(video_tasks.update().where(chunk, ours).values(values))
+        statement = video_tasks.update().where(chunk, ours).values(values).returning(t.id)
+        renewed.update(conn.scalars(statement))
+    return renewed
 
 
 def hold_accepted(

@@ -4,6 +4,7 @@ runner ends as soon as a newer one is up, so no task waits for a run to start.""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -145,3 +146,45 @@ def test_with_several_re_polling_runs_an_older_one_ends_only_once_as_many_newer_
             thread.join(timeout=20)
             assert not thread.is_alive(), "the older runner did not hand over to two newer"
     assert reports[0].handed_over and not reports[0].budget_spent
+
+
+def test_two_busy_engines_never_poll_one_task_within_an_interval(
+    engine: sa.Engine, long_api: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: engines that cannot keep up (one request at a time, 24 tasks due every 0.5 s)
+    come to tasks after their hold has ended, when the other may have taken them: such a poll
+    is left, so no task is polled twice within an interval by the two."""
+    monkeypatch.setenv("GRSAI_POLL_INTERVAL_S", "0.5")
+    monkeypatch.setenv("GRSAI_POLL_MAX_GAP_S", "0.5")  # fixed polling: due every interval
+    monkeypatch.setenv("GRSAI_CLAIM_LEASE_S", "2")  # a hold of 0.5 + 1 s
+    long_api.simulator.state.config.latency_s = (0.05, 0.05)
+    batch_id = new_batch(engine, [{"prompt": f"busy {i}", "model": "veo-flash"} for i in range(24)])
+    settings = load_settings()
+    with open_batches_worker(engine, settings, "submitter") as worker:
+        worker.run(Until.SUBMITTED, 30)
+    long_api.simulator.state.polls.clear()
+    reports: list[EngineReport] = []
+
+    def follow(name: str) -> None:
+        with open_batches_worker(engine, settings, name) as worker:
+            reports.append(worker.run(Until.FINAL, 8.0))
+
+    threads = [threading.Thread(target=follow, args=(n,), daemon=True) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    remote = rows(
+        engine, "SELECT grsai_task_id FROM video_tasks WHERE batch_job_id = :b", b=batch_id
+    )
+    polls = long_api.simulator.state.polls
+    gaps = [
+        later - earlier
+        for r in remote
+        for earlier, later in itertools.pairwise(sorted(polls.get(r["grsai_task_id"], [])))
+    ]
+    # Arrival times at the API: an interval apart when sent, less how much later a request
+    # leaves than planned (both engines share this process's GIL). Without the rule, 0.13 s.
+    assert min(gaps) >= 0.5 - 0.2, sorted(gaps)[:5]
+    assert len(gaps) > 50, "the engines hardly polled"
+    assert sum(report.polls_left_past_hold for report in reports) > 0, "nobody was late"
