@@ -259,7 +259,8 @@ class Engine:
                 if now > self._held_until.get(task.state.id, math.inf) - self._hold_margin_s:
                     # Late past its hold (a busy engine): another engine may poll it now, and
                     # two polls within an interval would be one too many. The next read of
-                    # the database takes it again if it is still free.
+                    # the database takes it again if it is still free (forgotten, so it does).
+                    self._polls.forget(task.state.id)
                     self._held_until.pop(task.state.id, None)
                     self.report.polls_left_past_hold += 1
                     continue
