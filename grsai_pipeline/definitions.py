@@ -12,11 +12,12 @@ from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.retrying import retry_failed_batches
 from grsai_pipeline.defs.schedules import repoll_processing_schedule
 from grsai_pipeline.defs.sensors import new_batches_sensor
+from grsai_pipeline.defs.standby import repoll_standby_sensor
 
 defs = dg.Definitions(
     assets=BATCH_ASSETS,
     jobs=[batch_pipeline, repoll_open_batches, create_batch, retry_failed_batches],
-    sensors=[new_batches_sensor],
+    sensors=[new_batches_sensor, repoll_standby_sensor],
     schedules=[repoll_processing_schedule],
     resources={"app_db": AppDatabase(), "grsai": GrsaiApi()},
     # "Materialize" in the UI runs the implicit asset job: in one process too, like

@@ -44,7 +44,7 @@ from grsai_pipeline.defs.reports import (
     snapshots,
 )
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.defs.runs import REPOLL_JOB
+from grsai_pipeline.defs.runs import REPOLL_JOB, REPOLL_TAG, STANDBY_TAG, TRIGGER_TAG
 from grsai_pipeline.domain.states import RetryPolicy
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.report import EngineReport
@@ -67,6 +67,9 @@ HANDOVER_AFTER_S = 180.0
 # the next batch's first submits come within seconds, not after a sensor tick and a run start.
 DEFAULT_LINGER_S = 120.0
 IDLE_READ_S = 2.0
+# A stand-by run (defs/standby.py) works this long, lingering all of it: one run an hour in
+# the UI while nothing is open.
+STANDBY_BUDGET_S = 3600.0
 # Settled batches this recent are checked for a missing settled_ledger event by each run.
 UNREPORTED_WITHIN = timedelta(days=1)
 # The engine hands over what it did at least this often.
@@ -84,6 +87,19 @@ class RepollConfig(dg.Config):
 
     budget_s: float = DEFAULT_BUDGET_S
     linger_s: float = DEFAULT_LINGER_S
+
+
+def standby_request(run_key: str, trigger: str) -> dg.RunRequest:
+    """A stand-by re-polling run: up for ``STANDBY_BUDGET_S`` even with nothing open; a batch
+    that arrives meanwhile is followed as by any re-polling run (the schedule's runs relieve it
+    after ``HANDOVER_AFTER_S``)."""
+    budget = {"budget_s": STANDBY_BUDGET_S, "linger_s": STANDBY_BUDGET_S}
+    return dg.RunRequest(
+        job_name=REPOLL_JOB,
+        run_key=run_key,
+        run_config={"ops": {"repoll_open_batches_op": {"config": budget}}},
+        tags={REPOLL_TAG: "all", STANDBY_TAG: "true", TRIGGER_TAG: trigger},
+    )
 
 
 @dataclass

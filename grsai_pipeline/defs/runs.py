@@ -20,6 +20,8 @@ TRIGGER_TAG = "grsai/trigger"
 BACKFILL_TAG = "dagster/backfill"
 NO_RETRY_TAGS = {"dagster/retry_on_asset_or_op_failure": "false", "dagster/max_retries": "0"}
 REPOLL_TAG = "grsai/repoll"
+# A re-polling run started with no batch open, to send the next batch's first tasks at once.
+STANDBY_TAG = "grsai/standby"
 REPOLL_JOB = "repoll_open_batches"
 CREATE_JOB = "create_batch"
 
@@ -84,3 +86,20 @@ def repoll_runs_wanted(
     starts = [r.start_time for r in live]
     oldest = min((s for s in starts if s is not None), default=None)
     return int(None not in starts and oldest is not None and time.time() - oldest >= after_s)
+
+
+def standby_wanted(
+    instance: dg.DagsterInstance, live_runners: Collection[str], budget_s: float, lead_s: float
+) -> bool:
+    """Whether to start a stand-by re-polling run now: no re-polling run is live, or only
+    stand-by ones are and the newest ends its ``budget_s`` within ``lead_s`` (a start's time:
+    no gap between them). While a run of the schedule works, the schedule keeps them."""
+    live = _live_runs(instance, REPOLL_JOB, live_runners)
+    if any(STANDBY_TAG not in r.dagster_run.tags for r in live):
+        return False
+    starts = [r.start_time for r in live]
+    if not starts:
+        return True
+    if None in starts:
+        return False  # one is starting
+    return time.time() >= max(s for s in starts if s is not None) + budget_s - lead_s

@@ -80,5 +80,5 @@ def _reason(error: Exception) -> str:
     if isinstance(error, dg.Failure):
         return error.description or str(error)
     if isinstance(error, SQLAlchemyError):
-        return f"the application database is unreachable ({outages.reason(error)})"
+        return outages.unreachable(error)
     return str(error)

@@ -34,7 +34,7 @@ from grsai_pipeline.defs.partitions import BATCHES, batches
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import batch_run_tags
 from grsai_pipeline.store.batches import BatchHeader, batches_created_since, existing_batch_ids
-from grsai_pipeline.store.outages import is_outage, reason
+from grsai_pipeline.store.outages import is_outage, unreachable
 
 LOOKBACK = timedelta(minutes=10)
 MAX_NEW_PER_TICK = 1000
@@ -81,7 +81,7 @@ def new_batches_sensor(
         if not is_outage(error):
             raise
         # A failover: the cursor stays, the next tick takes what this one could not read.
-        return _skip(context, f"the application database is unreachable ({reason(error)})")
+        return _skip(context, unreachable(error))
     if len(new) > MAX_NEW_PER_TICK:
         # Stop at the last batch taken, so the next tick's window still holds the rest.
         new, last = new[:MAX_NEW_PER_TICK], new[MAX_NEW_PER_TICK - 1]

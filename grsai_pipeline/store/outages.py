@@ -46,6 +46,11 @@ def reason(error: BaseException) -> str:
     return f"{type(original).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def unreachable(error: BaseException) -> str:
+    """What a tick or a log line says of an outage: the database and the driver's reason."""
+    return f"the application database is unreachable ({reason(error)})"
+
+
 class Outage:
     """One caller's view of the database's outages: when the current one began, when to try
     again, and how many there were."""
@@ -67,8 +72,8 @@ class Outage:
             self.since = now
             self.count += 1
             log.warning(
-                "%s: the application database is unreachable (%s); trying again for up to %.0f s",
-                self.what, reason(error), self.tolerance_s,
+                "%s: %s; trying again for up to %.0f s",
+                self.what, unreachable(error), self.tolerance_s,
             )  # fmt: skip
         elif now - self.since > self.tolerance_s:
             log.error(

@@ -48,6 +48,14 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
+def standby_tick(instance: dg.DagsterInstance) -> dg.SensorResult:
+    """One tick of ``repoll_standby_sensor``."""
+    context = dg.build_sensor_context(
+        instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources
+    )
+    return defs.resolve_sensor_def("repoll_standby_sensor").evaluate_tick(context)
+
+
 def sensor_tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
     """Evaluate one tick and apply what the daemon applies: new partitions and the cursor."""
     sensor = defs.resolve_sensor_def("new_batches_sensor")

@@ -12,7 +12,12 @@ from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline_tests.conftest import TEST_API_KEY
 from grsai_pipeline_tests.cutting_proxy import CuttingProxy
 from grsai_pipeline_tests.helpers import new_batch
-from grsai_pipeline_tests.test_defs.dagster_helpers import schedule_tick, sensor_tick, start_run
+from grsai_pipeline_tests.test_defs.dagster_helpers import (
+    schedule_tick,
+    sensor_tick,
+    standby_tick,
+    start_run,
+)
 
 TASK = {"prompt": "a", "model": "sora-2"}
 
@@ -306,3 +311,43 @@ def test_ticks_skip_with_the_reason_while_the_application_database_fails_over(
 
 def test_schedule_with_nothing_to_do_requests_nothing(app_env, engine, instance) -> None:
     assert schedule_tick(instance) == ([], "no batch has unfinished tasks")
+
+
+def test_a_re_polling_run_stands_by_while_none_is_at_work(
+    app_env, engine, instance, monkeypatch
+) -> None:
+    """Issue 22: with nothing at work, the stand-by sensor asks for one re-polling run (an hour
+    long, its own trigger tag, not queued behind the sensor's batch runs); none while one is
+    queued or at work, nor while a run of the schedule works; its successor before its hour
+    ends."""
+    (request,) = standby_tick(instance).run_requests
+    assert request.job_name == "repoll_open_batches"
+    assert (
+        request.tags.items()
+        >= {
+            "grsai/repoll": "all",
+            "grsai/standby": "true",
+            "grsai/trigger": "standby",
+        }.items()
+    )
+    config = request.run_config["ops"]["repoll_open_batches_op"]["config"]
+    assert config == {"budget_s": 3600.0, "linger_s": 3600.0}
+
+    start_run(instance, "repoll_open_batches", request.tags)
+    skipped = standby_tick(instance)
+    assert not skipped.run_requests and "stands by" in (skipped.skip_message or "")
+    # Near the end of its hour (a start's time before), its successor.
+    monkeypatch.setattr("grsai_pipeline.defs.standby.STANDBY_BUDGET_S", 30.0)
+    assert len(standby_tick(instance).run_requests) == 1
+
+
+def test_no_stand_by_run_beside_a_run_of_the_schedule_or_without_a_key(
+    app_env, engine, instance, monkeypatch
+) -> None:
+    start_run(instance, "repoll_open_batches", {"grsai/repoll": "all", "grsai/trigger": "schedule"})
+    assert not standby_tick(instance).run_requests
+
+    monkeypatch.delenv("GRSAI_API_KEY")
+    skipped = standby_tick(instance)
+    assert not skipped.run_requests
+    assert skipped.skip_message == "no stand-by run: GRSAI_API_KEY is not set"
