@@ -29,7 +29,6 @@ the Helm chart is not rendered here. What is checked, offline and in seconds:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -56,14 +55,12 @@ from dockerfile_parse import DockerfileParser
 from grsai_pipeline.cli import cli
 from grsai_pipeline.config import Settings
 from grsai_pipeline_tests.conftest import REPO_ROOT
-from grsai_pipeline_tests.e2e.webapp import node_and_npm
+from grsai_pipeline_tests.e2e.webapp import node_and_npm, npm_ci
 
 DEPLOY = REPO_ROOT / "deploy"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE = DEPLOY / "docker-compose.yaml"
 HELM_VALUES = DEPLOY / "helm" / "values.yaml"
-# Held while `npm ci` rebuilds deploy/node_modules: two test processes may want it at once.
-NPM_LOCK = DEPLOY / ".npm-ci.lock"
 CODE_SERVER_PORT = 4000
 PIPELINE_SERVICES = {"migrate", "code-server", "webserver", "daemon", "webhook", "api"}
 
@@ -252,7 +249,7 @@ def test_env_example_holds_placeholders_of_variables_compose_reads() -> None:
 @pytest.mark.slow
 def test_compose_validates_against_the_compose_specification_schema() -> None:
     node, npm = node_and_npm()
-    _npm_ci(npm)
+    npm_ci(npm, DEPLOY)
     schema_path = DEPLOY / "node_modules" / "dclint" / "schemas" / "compose.schema.json"
     schema = json.loads(schema_path.read_text(encoding="utf-8"))
     assert schema["title"] == "Compose Specification"
@@ -278,34 +275,6 @@ def test_compose_validates_against_the_compose_specification_schema() -> None:
     assert linted.returncode == 0, linted.stdout + linted.stderr
     summary = re.sub(r"\x1b\[[0-9;]*m", "", linted.stdout)
     assert "(0 errors" in summary or "problems" not in summary, summary
-
-
-def _npm_ci(npm: str) -> None:
-    with NPM_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_as_locked():
-            return
-        installed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=DEPLOY,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert installed.returncode == 0, installed.stdout + installed.stderr
-        assert _installed_as_locked(), "npm ci did not install what package-lock.json locks"
-
-
-def _installed_as_locked() -> bool:
-    locked = json.loads((DEPLOY / "package-lock.json").read_text(encoding="utf-8"))["packages"]
-    for name in locked[""].get("devDependencies", {}):
-        manifest = DEPLOY / "node_modules" / name / "package.json"
-        if not manifest.is_file():
-            return False
-        version = json.loads(manifest.read_text(encoding="utf-8"))["version"]
-        if version != locked[f"node_modules/{name}"]["version"]:
-            return False
-    return True
 
 
 # --- the Dagster instance and workspace files -----------------------------------------------

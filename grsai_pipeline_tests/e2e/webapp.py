@@ -25,7 +25,6 @@ from grsai_pipeline_tests.conftest import REPO_ROOT
 WEBAPP = REPO_ROOT / "examples" / "webapp"
 REQUIRE_NODE_ENV = "GRSAI_REQUIRE_NODE"
 # Held while `npm ci` rebuilds node_modules: tests on two processes may want it at once.
-INSTALL_LOCK = WEBAPP / ".npm-ci.lock"
 
 
 def node_and_npm() -> tuple[str, str]:
@@ -41,27 +40,34 @@ def install_example() -> str:
     """``npm ci`` in examples/webapp unless every package its package.json names is installed
     at the version of its lockfile; returns the node binary."""
     node, npm = node_and_npm()
-    with INSTALL_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _installed_as_locked():
-            installed = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund"],
-                cwd=WEBAPP,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert installed.returncode == 0, installed.stdout + installed.stderr
-            assert _installed_as_locked(), "npm ci did not install what package-lock.json locks"
+    npm_ci(npm, WEBAPP)
     return node
 
 
-def _installed_as_locked() -> bool:
+def npm_ci(npm: str, folder: Path) -> None:
+    """``npm ci`` in ``folder`` unless every package its package.json names is installed at
+    the version of its lockfile; under a file lock, since two test processes may want it."""
+    with (folder / ".npm-ci.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed_as_locked(folder):
+            return
+        installed = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        assert _installed_as_locked(folder), "npm ci did not install what package-lock.json locks"
+
+
+def _installed_as_locked(folder: Path) -> bool:
     """Each dependency and dev dependency is in node_modules at the locked version."""
-    locked = json.loads((WEBAPP / "package-lock.json").read_text(encoding="utf-8"))["packages"]
+    locked = json.loads((folder / "package-lock.json").read_text(encoding="utf-8"))["packages"]
     root = locked[""]
     for name in [*root.get("dependencies", {}), *root.get("devDependencies", {})]:
-        manifest = WEBAPP / "node_modules" / name / "package.json"
+        manifest = folder / "node_modules" / name / "package.json"
         if not manifest.is_file():
             return False
         version = json.loads(manifest.read_text(encoding="utf-8"))["version"]
