@@ -15,9 +15,9 @@ import time
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
-from grsai_pipeline.defs.repolling import STANDBY_BUDGET_S, repoll_open_batches, standby_request
+from grsai_pipeline.defs.repolling import STANDBY_BUDGET_S, standby_request
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
-from grsai_pipeline.defs.runs import standby_wanted
+from grsai_pipeline.defs.runs import REPOLL_JOB, standby_wanted
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.outages import is_outage, unreachable
 from grsai_pipeline.store.runners import live_runner_ids
@@ -26,8 +26,10 @@ from grsai_pipeline.store.runners import live_runner_ids
 STANDBY_LEAD_S = 60.0
 
 
+# The job by name: given the job itself, Dagster rebuilds the sensor to bind its resources and
+# warns (BetaWarning, "owners") in every process that loads the definitions.
 @dg.sensor(
-    job=repoll_open_batches,
+    job_name=REPOLL_JOB,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=5,
     description="Keeps one re-polling run standing by while none is at work, so that a new "
