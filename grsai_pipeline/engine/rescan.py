@@ -25,7 +25,7 @@ from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.durations import recent_durations
 from grsai_pipeline.store.intake import awaiting_intake, take_in_batch
-from grsai_pipeline.store.polls import poll_holds, share_of, take_polls
+from grsai_pipeline.store.polls import over_share, poll_holds, release_polls, share_of, take_polls
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.settlement import Settlement, settle_batch
 from grsai_pipeline.store.tasks import (
@@ -102,20 +102,34 @@ class ScopeReader:
         return settled
 
     def _hold_polls(self, batches: list[str]) -> set[str]:
-        """The tasks at the API this engine polls from now on: those it holds, and its share
-        of those nobody live holds (store/polls.py)."""
+        """The tasks at the API this engine polls from now on: those it holds, and as many of
+        those nobody live holds as its share of every task at the API in its scope has room
+        for (store/polls.py). Holding more than its share by more than a little, it lets the
+        excess go, for the engines under theirs to take."""
         runner_id, now = self.heartbeat.runner_id, utc_now()
         with reading(self.db) as conn:
             holds = poll_holds(conn, runner_id, batches, self.lease_s, now)
-            engines = self.scope.engines(conn, self.lease_s) if holds.free else 1
-        if not holds.free:
-            return holds.mine
-        wanted = holds.free[: share_of(len(holds.free), engines)]
+            engines = self.scope.engines(conn, self.lease_s)
+        share = share_of(holds.at_api, engines)
+        if excess := over_share(len(holds.mine), share):
+            # The most recently polled go: due latest, they leave the taker the most time.
+            kept, let_go = holds.mine[:-excess], holds.mine[-excess:]
+            with self.db.begin() as conn:
+                release_polls(conn, runner_id, let_go, now=now)
+            return set(kept)
+        room = share - len(holds.mine)
+        if not holds.free or room <= 0:
+            return set(holds.mine)
         with self.db.begin() as conn:
             taken = take_polls(
-                conn, runner_id, wanted, until=now + self.hold, lease_s=self.lease_s, now=now
+                conn,
+                runner_id,
+                holds.free[:room],
+                until=now + self.hold,
+                lease_s=self.lease_s,
+                now=now,
             )
-        return holds.mine | taken
+        return set(holds.mine) | taken
 
     def _waiting(self, conn: Connection, batches: list[str]) -> dict[str, tuple[int, int]]:
         if not batches:

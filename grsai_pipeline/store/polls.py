@@ -68,11 +68,12 @@ def _free(runner_id: str, lease_s: float, now: datetime) -> sa.ColumnElement[boo
 
 @dataclass(frozen=True)
 class PollHolds:
-    """Of the tasks at the API in a scope: those this runner holds, and those free to take,
-    the longest-waiting first."""
+    """Of the tasks at the API in a scope: those this runner holds and those free to take, each
+    the longest-waiting first; and how many there are in all, whoever holds them."""
 
-    mine: set[str]
+    mine: list[str]
     free: list[str]
+    at_api: int
 
 
 def poll_holds(
@@ -84,20 +85,45 @@ def poll_holds(
         .where(t.batch_job_id.in_(batch_ids), _free(runner_id, lease_s, now))
         .order_by(waited_since, t.id)
     )
-    mine: set[str] = set()
+    mine: list[str] = []
     free: list[str] = []
     for task_id, holder, until in conn.execute(query):
         if holder == runner_id and until is not None and until >= now:
-            mine.add(task_id)
+            mine.append(task_id)
         else:
             free.append(task_id)
-    return PollHolds(mine, free)
+    at_api = sa.select(sa.func.count()).where(
+        t.batch_job_id.in_(batch_ids),
+        t.status == TaskStatus.PROCESSING.value,
+        t.grsai_task_id.is_not(None),
+    )
+    return PollHolds(mine, free, int(conn.scalar(at_api) or 0))
 
 
-def share_of(free: int, engines: int) -> int:
-    """How many free tasks one of ``engines`` engines takes at a read: an even share, so that
-    several re-polling runs divide the open tasks between them."""
-    return math.ceil(free / max(1, engines))
+def share_of(tasks: int, engines: int) -> int:
+    """How many of ``tasks`` one of ``engines`` engines polls: an even share, so that several
+    re-polling runs divide the open tasks between them."""
+    return math.ceil(tasks / max(1, engines))
+
+
+def over_share(held: int, share: int) -> int:
+    """How many of its ``held`` polls an engine lets go, holding more than its ``share`` by
+    more than a twentieth (a handover, a dead engine's tasks taken first by one): one engine's
+    wire must not carry twice its part while the others idle (issue 26, measured)."""
+    return held - share if held > share + max(10, share // 20) else 0
+
+
+def release_polls(
+    conn: Connection, runner_id: str, task_ids: Sequence[str], *, now: datetime
+) -> None:
+    """End ``runner_id``'s hold of these tasks now: the next engine under its share takes them,
+    due from their last answer (a row another writer holds right now keeps its hold)."""
+    for chunk in _chunks(conn, task_ids, skip_locked=True):
+        conn.execute(
+            video_tasks.update()
+            .where(chunk, t.polled_by == runner_id)
+            .values(poll_held_until=now - timedelta(seconds=1))
+        )
 
 
 def take_polls(

@@ -4,6 +4,7 @@ that take tasks at the same moment never both get one."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -13,7 +14,9 @@ from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.polls import (
     PollHolds,
     hold_accepted,
+    over_share,
     poll_holds,
+    release_polls,
     renew_holds,
     share_of,
     take_polls,
@@ -60,7 +63,8 @@ def test_a_task_a_live_engine_holds_is_left_to_it_by_every_other(engine: sa.Engi
         assert set(_holds(engine, "engine-a", batch_id).free) == set(ids)
         assert _take(engine, "engine-a", ids[:2]) == set(ids[:2])
 
-        assert _holds(engine, "engine-a", batch_id) == PollHolds(set(ids[:2]), [ids[2]])
+        held = _holds(engine, "engine-a", batch_id)
+        assert (set(held.mine), held.free, held.at_api) == (set(ids[:2]), [ids[2]], 3)
         assert _holds(engine, "engine-b", batch_id).free == [ids[2]]
         assert _take(engine, "engine-b", ids) == {ids[2]}  # the held ones stay engine-a's
     assert task_row(engine, ids[0])["polled_by"] == "engine-a"
@@ -79,7 +83,7 @@ def test_a_hold_that_ran_out_frees_the_task_though_its_holder_still_beats(
         # The slow one's answer that comes in after does not take them back.
         with engine.begin() as conn:
             renew_holds(conn, "slow", ids, until=later + HOLD, polled_at=later)
-        assert _holds(engine, "slow", batch_id, later) == PollHolds(set(), [])
+        assert _holds(engine, "slow", batch_id, later) == PollHolds([], [], 2)
     assert {task_row(engine, i)["polled_by"] for i in ids} == {"quick"}
 
 
@@ -123,7 +127,7 @@ def test_the_engine_whose_submit_was_accepted_holds_the_new_remote_task(
         hold_accepted(conn, "submitter", [task_id], until=until)
     assert task_row(engine, task_id)["polled_by"] == "submitter"
     with Heartbeat(engine, "submitter", LEASE):
-        assert _holds(engine, "submitter", batch_id).mine == {task_id}
+        assert _holds(engine, "submitter", batch_id).mine == [task_id]
 
 
 def test_tasks_no_longer_at_the_api_are_nobody_s_to_poll(engine: sa.Engine) -> None:
@@ -139,3 +143,23 @@ def test_free_tasks_are_shared_evenly_between_the_live_engines() -> None:
     assert share_of(10, 3) == 4
     assert share_of(0, 2) == 0
     assert share_of(5, 0) == 5
+
+
+def test_an_engine_far_over_its_share_lets_the_excess_go_to_one_under_it(
+    engine: sa.Engine,
+) -> None:
+    """Issue 26: a run that took a departed run's tasks carries more than its share; it lets the
+    excess go (a little over is kept: no churn), and the engine under its share takes them."""
+    assert over_share(12, 10) == 0  # within the slack
+    assert over_share(1300, 1000) == 300
+    batch_id, ids = _at_api(engine, 30)
+    with Heartbeat(engine, "busy", LEASE), Heartbeat(engine, "idle", LEASE):
+        assert _take(engine, "busy", ids) == set(ids)
+        held = _holds(engine, "busy", batch_id)
+        with engine.begin() as conn:
+            release_polls(conn, "busy", held.mine[-15:], now=utc_now())
+        assert len(_holds(engine, "busy", batch_id).mine) == 15
+        free = _holds(engine, "idle", batch_id).free
+        assert sorted(free) == sorted(held.mine[-15:])
+        assert _take(engine, "idle", free) == set(free)
+    assert Counter(task_row(engine, i)["polled_by"] for i in ids) == {"busy": 15, "idle": 15}
