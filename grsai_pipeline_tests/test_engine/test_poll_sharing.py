@@ -123,3 +123,40 @@ def test_tasks_held_by_a_run_that_does_not_poll_them_are_polled_once_its_hold_en
         engine, "SELECT DISTINCT polled_by FROM video_tasks WHERE batch_job_id = :b", b=batch_id
     )
     assert holders == [{"polled_by": "repoll-run"}]
+
+
+def test_a_re_polling_run_holding_every_task_shares_them_with_one_that_starts_later(
+    engine: sa.Engine, long_api: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: the run that was alone holds every task; once a second is up, it lets the
+    tasks over its share go and the second polls them (before, it kept them all, and one run's
+    wire carried what two should), with no task polled twice within an interval."""
+    monkeypatch.setenv("GRSAI_REPOLL_RUNS", "2")
+    settings = load_settings()
+    batch_id = _submitted(engine, 60, "many")
+    long_api.simulator.state.polls.clear()
+
+    def later(seconds: float) -> Callable[[], AbstractContextManager[Worker]]:
+        threading.Event().wait(seconds)
+        return lambda: open_batches_worker(engine, settings, "second-run")
+
+    first = threading.Thread(
+        target=_run_together,
+        args=([lambda: open_batches_worker(engine, settings, "first-run")], 10.0),
+        daemon=True,
+    )
+    first.start()
+    _run_together([later(3.0)], 7.0)
+    first.join(timeout=40)
+
+    holders = rows(
+        engine,
+        "SELECT polled_by, COUNT(*) AS n FROM video_tasks WHERE batch_job_id = :b"
+        " GROUP BY polled_by",
+        b=batch_id,
+    )
+    held = {r["polled_by"]: r["n"] for r in holders}
+    assert held.get("second-run", 0) >= 20 and held.get("first-run", 0) <= 40, held
+    times = _poll_times(long_api, engine, [batch_id])
+    closest = min(b - a for t in times.values() for a, b in itertools.pairwise(t))
+    assert closest > 0.8 * INTERVAL_S
