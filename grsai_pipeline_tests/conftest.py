@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -50,6 +51,16 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in _SETTING_NAMES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def default_sigterm() -> None:
+    """Every test starts with SIGTERM's default action. A process inherits an ignored signal,
+    and in the whole suite some earlier test left SIGTERM ignored in its worker: Dagster's
+    compute-log ``tail`` processes then outlived their ``terminate()``, and an in-process run
+    waited 30 s for each of its two (seen: ``SigIgn`` 0x4007 on the orphaned tails)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def postgres_admin_url() -> str | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 import dagster as dg
@@ -219,6 +221,7 @@ def test_with_nothing_open_the_run_stays_up_and_sends_a_new_batch_within_seconds
         assert time.monotonic() - created < 4, "the lingering run did not send the new batch"
         time.sleep(0.05)
     runner.join(timeout=60)
+    assert not runner.is_alive(), f"the run is still up after 60 s:\n{_stacks()}"
     assert results and results[0].success
     assert ("settled_ledger", batch_id) in partition_events(results[0])
     # It went on for its linger after the batch settled, and no longer: far within its budget.
@@ -261,3 +264,12 @@ def test_a_batch_s_own_run_and_the_re_polling_run_report_it_with_the_same_fields
     }
     del checks_of_own["videos_archived_in_time"]
     assert checks_of_own == checks_of_repoll
+
+
+def _stacks() -> str:
+    """Where every thread of this process is: what a run that outlives its budget waits on."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+        for ident, frame in sys._current_frames().items()
+    )
