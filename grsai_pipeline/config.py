@@ -170,8 +170,13 @@ class Settings(BaseSettings):
             raise SettingsError("GRSAI_WEBHOOK_SECRET is not set: callbacks are verified with it")
         return self.webhook_secret.get_secret_value()
 
+    @property
+    def has_api_key(self) -> bool:
+        """Whether GRSAI_API_KEY is set to something other than blanks."""
+        return self.api_key is not None and bool(self.api_key.get_secret_value().strip())
+
     def require_api_key(self) -> SecretStr:
-        if self.api_key is None or not self.api_key.get_secret_value().strip():
+        if self.api_key is None or not self.has_api_key:
             raise SettingsError("GRSAI_API_KEY is not set: it is needed to call the Grsai API")
         return self.api_key
 

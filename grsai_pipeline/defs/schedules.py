@@ -53,7 +53,7 @@ def repoll_processing_schedule(
         return _skip(context, f"cannot re-poll: {_reason(exc)}")
     if not open_ids:
         return _skip(context, "no batch has unfinished tasks")
-    if settings.api_key is None or not settings.api_key.get_secret_value().strip():
+    if not settings.has_api_key:
         return _skip(
             context,
             f"{len(open_ids)} open batch(es) wait: GRSAI_API_KEY is not set, so a re-polling "

@@ -53,10 +53,10 @@ def new_batches_sensor(
     context: dg.SensorEvaluationContext, app_db: AppDatabase, grsai: GrsaiApi
 ) -> dg.SensorResult | dg.SkipReason:
     try:
-        key = grsai.settings().api_key
+        has_key = grsai.settings().has_api_key
     except dg.Failure as exc:
         return _skip(context, f"cannot start runs: {exc.description}")
-    if key is None or not key.get_secret_value().strip():
+    if not has_key:
         # The cursor stays: the batches are taken once the key is set.
         return _skip(
             context,

@@ -43,8 +43,7 @@ def repoll_standby_sensor(
         settings = grsai.settings()
     except dg.Failure as exc:
         return dg.SkipReason(f"no stand-by run: {exc.description}")
-    key = settings.api_key
-    if key is None or not key.get_secret_value().strip():
+    if not settings.has_api_key:
         return dg.SkipReason("no stand-by run: GRSAI_API_KEY is not set")
     try:
         with reading(app_db.engine()) as conn:
