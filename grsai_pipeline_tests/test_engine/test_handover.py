@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.dev.simulator import SimulatorServer
-from grsai_pipeline.engine.loop import Until
+from grsai_pipeline.engine.loop import RESCAN_EVERY_S, Until
 from grsai_pipeline.engine.report import EngineReport
 from grsai_pipeline.engine.work import open_batches_worker
 from grsai_pipeline.store.columns import utc_now
@@ -187,8 +187,10 @@ def test_two_busy_engines_never_poll_one_task_within_an_interval(
     # leaves than planned (both engines share this process's GIL). Without the rule, 0.13 s.
     assert min(gaps) >= 0.5 - 0.2, sorted(gaps)[:5]
     assert len(gaps) > 50, "the engines hardly polled"
-    # A poll left is not a task dropped: every task is still polled to the end.
+    # A poll left is not a task dropped: the engine takes it again at its next read and polls
+    # it in turn, so every task is still polled to the end (measured: within 3 s of it).
     end = max(t for times in polls.values() for t in times)
     last = {r["grsai_task_id"]: max(polls.get(r["grsai_task_id"], [0.0])) for r in remote}
-    assert min(last.values()) >= end - 3.0, sorted(end - t for t in last.values())[-3:]
+    left_for = sorted(end - t for t in last.values())[-3:]
+    assert min(last.values()) >= end - 2 * RESCAN_EVERY_S, left_for
     assert sum(report.polls_left_past_hold for report in reports) > 0, "nobody was late"
