@@ -24,6 +24,10 @@ class PollHeap:
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._tasks
 
+    def __len__(self) -> int:
+        """How many tasks this engine polls, being polled now or not."""
+        return len(self._tasks)
+
     def scheduled(self) -> int:
         """How many tasks wait for their next poll (those being polled are not counted)."""
         return len(self._seq_of)
@@ -41,6 +45,14 @@ class PollHeap:
     def forget(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
         self._seq_of.pop(task_id, None)
+
+    def due_after(self, moment: float) -> list[str]:
+        """The tasks waiting for a poll due later than ``moment`` (monotonic)."""
+        return [
+            task_id
+            for due, seq, task_id in self._due
+            if due > moment and self._seq_of.get(task_id) == seq
+        ]
 
     def next_due_at(self) -> float | None:
         """When the earliest entry is due (it may be stale: waking early is harmless)."""

@@ -59,7 +59,7 @@ from grsai_pipeline.grsai.client import GrsaiClient
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import is_postgres
 from grsai_pipeline.store.outages import OUTAGE_TOLERANCE_S, Outage, is_outage
-from grsai_pipeline.store.polls import hold_accepted, hold_for, renew_holds
+from grsai_pipeline.store.polls import hold_accepted, hold_for, release_polls, renew_holds
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.tasks import (
     ClaimedTask,
@@ -77,6 +77,11 @@ RESCAN_EVERY_S: Final = 2.0
 # How often the engine reads again how long recent tasks of each model took.
 DURATIONS_EVERY_S: Final = 60.0
 RESCAN_SHARE: Final = 0.05
+# An engine handing over keeps the polls due within this many of its read periods and lets the
+# rest go at once: the newer engines take those at their next read, before they are due.
+HANDOVER_READS: Final = 2
+# ... and ends once it has polled each of those (or this long after the last one was due).
+HANDOVER_SLACK_S: Final = 1.0
 
 
 class Until(StrEnum):
@@ -147,6 +152,8 @@ class Engine:
         # Tasks whose hold this engine could not renew (written by its worker thread; read
         # and emptied by the event loop after each transaction).
         self._holds_lost: set[str] = set()
+        # Poll holds to end in the next transaction (handing over: _hand_over).
+        self._to_release: list[str] = []
         # Left before the hold's end: an interval (another engine that takes the task at the
         # hold's end polls it an interval after this engine's last poll, at the earliest).
         self._hold_margin_s = settings.poll_interval_s
@@ -216,6 +223,8 @@ class Engine:
         while True:
             now = time.monotonic()
             self._collect_sync()
+            if self.report.handed_over and not self._polls:
+                self._deadline = min(self._deadline, now)  # handed over: nothing left to poll
             open_ = now < self._deadline and self._stopped is None and self._failure is None
             # Done but for what is on the wire: start nothing new (polls would go on forever
             # in a run that only submits), let it land, and stop.
@@ -237,9 +246,10 @@ class Engine:
                         self._synchronise(claim=working, rescan=rescan)
                     )
             if self._sync is None and not self._in_flight:
-                if not open_ and not self._unwritten:
+                written = not self._unwritten and not self._to_release
+                if not open_ and written:
                     break
-                if done and not self._unwritten:
+                if done and written:
                     break
             await self._sleep(now, working)
         self.report.budget_spent = (
@@ -428,6 +438,10 @@ class Engine:
                 # can have, so a coarse step's end is not overshot by half a long wait.
                 seen_at = _last_answer(polled) or now
             answered_at = now if isinstance(event, Answered) else None
+            if self.report.handed_over:
+                # Its answer written, the newer engines poll it (due an interval from now).
+                self._let_go(state.id)
+                return
             if isinstance(event, Answered | Accepted):
                 # Held from the write to come (renew_holds, hold_accepted): later than this.
                 self._held_until[state.id] = time.monotonic() + self._hold.total_seconds()
@@ -477,7 +491,9 @@ class Engine:
         so each one carries several outcomes and claims; submit outcomes wait at most
         ``RECORD_WITHIN_S`` (they hold claims), poll answers ``FLUSH_EVERY_S``."""
         batch = max(1, self._slots // 2)
-        if self._unwritten.due(now, batch, quiet=not self._in_flight or not open_):
+        if self._to_release or self._unwritten.due(
+            now, batch, quiet=not self._in_flight or not open_
+        ):
             return True
         free = self._free_to_claim() if open_ else 0
         return free >= batch or (free > 0 and not self._to_submit and len(self._in_flight) < batch)
@@ -509,6 +525,7 @@ class Engine:
         """One transaction: write what was decided, claim what free slots can take; and,
         every few seconds or when the engine runs dry, read the scope again."""
         transitions, polled = self._unwritten.take()
+        release, self._to_release = self._to_release, []
         quotas = self._quotas() if claim else []
         # The tasks it holds claims on (waiting, being sent, or an outcome unwritten): copied
         # here, since the event loop changes them while the transaction runs in its thread.
@@ -518,16 +535,17 @@ class Engine:
         try:
             known = before_rescan if rescan else None
             if self._inline_db:
-                claimed, seen = self._transact(transitions, polled, quotas, known, held)
+                claimed, seen = self._transact(transitions, polled, quotas, known, held, release)
             else:
                 claimed, seen = await asyncio.to_thread(
-                    self._transact, transitions, polled, quotas, known, held
+                    self._transact, transitions, polled, quotas, known, held, release
                 )
         except SQLAlchemyError as error:
             if not is_outage(error):
                 raise
             # A failover: keep every decision for the next try; polls go on meanwhile.
             self._unwritten.put_back(transitions, polled)
+            self._to_release = release + self._to_release
             # Its claims may have committed unseen: released by the next transaction.
             self._claims_unseen = self._claims_unseen or bool(quotas)
             self._holds_lost.clear()  # read in a transaction that did not commit
@@ -564,13 +582,14 @@ class Engine:
         quotas: Sequence[tuple[str, int]],
         known: set[str] | None,
         held: set[str] | None = None,
+        release: Sequence[str] = (),
     ) -> tuple[list[ClaimedTask], Rescan | None]:
         """In a worker thread: touches nothing the event loop changes (``known`` and ``held``
         are copies)."""
         now = utc_now()
         claimed: list[ClaimedTask] = []
         runner_id = self.heartbeat.runner_id
-        if transitions or polled or quotas or held is not None:
+        if transitions or polled or quotas or held is not None or release:
             with self.db.begin() as conn:
                 if transitions:
                     written = apply_transitions(conn, transitions, runner_id=runner_id, now=now)
@@ -585,6 +604,9 @@ class Engine:
                         conn, runner_id, polled, until=now + self._hold, polled_at=now
                     )
                     self._holds_lost.update(set(polled) - renewed)
+                if release:
+                    # After the answers' renewals: the newer engines take these from now.
+                    release_polls(conn, runner_id, release, now=now)
                 if held is not None:
                     # After this transaction's outcomes (they end their claims), before its
                     # new claims: what is left claimed by us and not held is an orphan.
@@ -618,9 +640,8 @@ class Engine:
 
     def _apply_rescan(self, seen: Rescan, known_before: set[str]) -> None:
         if seen.handed_over:
-            # A newer runner follows the same batches now: end this run as if its time were up.
-            self.report.handed_over = True
-            self._deadline = min(self._deadline, time.monotonic())
+            if not self.report.handed_over:
+                self._hand_over(time.monotonic())
             return
         self._batches = list(seen.batches)
         if seen.durations is not None:
@@ -655,7 +676,32 @@ class Engine:
         self._submits_clean = (
             not self._unwritten.outcomes and not self._submits_in_flight and not self._to_submit
         )
-        self._next_rescan = now + max(RESCAN_EVERY_S, self._rescan_took / RESCAN_SHARE)
+        self._next_rescan = now + self._read_period()
+
+    def _read_period(self) -> float:
+        return max(RESCAN_EVERY_S, self._rescan_took / RESCAN_SHARE)
+
+    def _hand_over(self, now: float) -> None:
+        """A newer runner follows the same batches now: end this run, leaving no task waiting.
+
+        Polls due later than the newer engines' next read are let go at once (they take them
+        then, before they are due); those due sooner are sent once more and let go with their
+        answer (``_let_go``), and the run ends when it polls nothing. Ending at once instead
+        left the soonest-due tasks to wait for the next read (issue 26: 3,003 of 20,000 tasks
+        over a minute).
+        """
+        self.report.handed_over = True
+        self._stop_claiming()
+        window = HANDOVER_READS * self._read_period()
+        for task_id in self._polls.due_after(now + window):
+            self._let_go(task_id)
+        self._deadline = min(self._deadline, now + window + HANDOVER_SLACK_S)
+
+    def _let_go(self, task_id: str) -> None:
+        """Poll this task no more and end its hold in the next transaction (handing over)."""
+        self._polls.forget(task_id)
+        self._held_until.pop(task_id, None)
+        self._to_release.append(task_id)
 
 
 def _last_answer(task: RemoteTask | None) -> datetime | None:

@@ -19,7 +19,7 @@ class Scope(Protocol):
         ...
 
     def handed_over(self, conn: Connection, runner: Heartbeat) -> bool:
-        """Whether a newer runner has taken this scope over (this one should end)."""
+        """Whether a newer runner has taken this scope over (this one hands over and ends)."""
         ...
 
     def engines(self, conn: Connection, lease_s: float) -> int:
@@ -58,4 +58,5 @@ class OpenBatches:
         return successors_live(conn, runner, self.lease_s) >= self.runs
 
     def engines(self, conn: Connection, lease_s: float) -> int:
-        return max(1, open_batch_runners(conn, lease_s))
+        # Beyond ``runs``, the oldest are handing over: their tasks are the newer ones' share.
+        return max(1, min(open_batch_runners(conn, lease_s), self.runs))

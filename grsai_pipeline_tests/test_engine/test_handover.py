@@ -15,8 +15,10 @@ import sqlalchemy as sa
 
 from grsai_pipeline.config import load_settings
 from grsai_pipeline.dev.simulator import SimulatorServer
+from grsai_pipeline.engine import loop
 from grsai_pipeline.engine.loop import RESCAN_EVERY_S, Until
 from grsai_pipeline.engine.report import EngineReport
+from grsai_pipeline.engine.unwritten import MARK_POLLED_EVERY_S
 from grsai_pipeline.engine.work import open_batches_worker
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.schema import video_tasks
@@ -194,3 +196,59 @@ def test_two_busy_engines_never_poll_one_task_within_an_interval(
     left_for = sorted(end - t for t in last.values())[-3:]
     assert min(last.values()) >= end - 2 * RESCAN_EVERY_S, left_for
     assert sum(report.polls_left_past_hold for report in reports) > 0, "nobody was late"
+
+
+def test_a_run_that_hands_over_leaves_no_task_waiting_past_its_interval(
+    engine: sa.Engine, long_api: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: the older run lets go at once of the polls due after the newer one's next
+    reads and sends the sooner ones before it ends, so every task is polled an interval after
+    its last poll across the handover. Ending at once left the tasks due before the newer
+    run's next read waiting for it (here the newer run's engine starts 3 s after its heartbeat:
+    a task due every half second waited at least 2.5 s)."""
+    interval, read_every, spacing = 10.0, 4.0, 0.5
+    monkeypatch.setenv("GRSAI_POLL_INTERVAL_S", str(interval))
+    monkeypatch.setenv("GRSAI_POLL_MAX_GAP_S", str(interval))  # fixed polling: due each interval
+    monkeypatch.setattr(loop, "RESCAN_EVERY_S", read_every)
+    task_ids = _submitted_batch(engine)
+    last_polled: dict[str, float] = {}
+    with engine.begin() as conn:  # the next polls due one every half second from now on
+        start = utc_now()
+        for rank, task_id in enumerate(task_ids):
+            last = start - timedelta(seconds=interval - spacing * (rank + 1))
+            last_polled[task_id] = last.timestamp()
+            conn.execute(
+                video_tasks.update().where(video_tasks.c.id == task_id).values(polled_at=last)
+            )
+    long_api.simulator.state.polls.clear()
+    settings = load_settings()
+    reports: list[EngineReport] = []
+
+    def older() -> None:
+        with open_batches_worker(engine, settings, "older-run") as worker:
+            reports.append(worker.run(Until.FINAL, 60))
+
+    thread = threading.Thread(target=older, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    with open_batches_worker(engine, settings, "newer-run") as newer:
+        # Seen by the older run at its next read (within 4 s); the newer one's first read
+        # comes 3 s after that, at the latest.
+        time.sleep(read_every + 3.0)
+        newer.run(Until.FINAL, 2 * interval)
+    thread.join(timeout=5)
+    assert reports and reports[0].handed_over
+
+    found = rows(engine, "SELECT id, grsai_task_id FROM video_tasks")
+    polls = long_api.simulator.state.polls
+    gaps = [
+        later - earlier
+        for r in found
+        for earlier, later in itertools.pairwise(
+            [last_polled[r["id"]], *sorted(polls[r["grsai_task_id"]])]
+        )
+    ]
+    assert len(gaps) >= 2 * TASKS, "each task is polled before and after the handover"
+    # Late by at most when its last answer was written (MARK_POLLED_EVERY_S) and a little.
+    assert min(gaps) >= interval - 0.3, sorted(gaps)[:3]
+    assert max(gaps) <= interval + MARK_POLLED_EVERY_S + 0.5, sorted(gaps)[-3:]
