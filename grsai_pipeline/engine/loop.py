@@ -77,9 +77,13 @@ RESCAN_EVERY_S: Final = 2.0
 # How often the engine reads again how long recent tasks of each model took.
 DURATIONS_EVERY_S: Final = 60.0
 RESCAN_SHARE: Final = 0.05
-# An engine handing over keeps the polls due within this many of its read periods and lets the
-# rest go at once: the newer engines take those at their next read, before they are due.
+# An engine handing over keeps the polls due within this many of its read periods, and at
+# least this long, and lets the rest go at once: the newer engines take those at their next
+# read, before they are due. The newer one may still be starting (measured beside three runs
+# on 20,000 tasks: its first poll came 9 s after its process started; with 2 s the tasks due
+# meanwhile waited up to 3.6 s more).
 HANDOVER_READS: Final = 2
+HANDOVER_LEAD_S: Final = 30.0
 # ... and ends once it has polled each of those (or this long after the last one was due).
 HANDOVER_SLACK_S: Final = 1.0
 
@@ -684,15 +688,16 @@ class Engine:
     def _hand_over(self, now: float) -> None:
         """A newer runner follows the same batches now: end this run, leaving no task waiting.
 
-        Polls due later than the newer engines' next read are let go at once (they take them
-        then, before they are due); those due sooner are sent once more and let go with their
+        Polls due later than the newer engines' next read (``HANDOVER_LEAD_S`` at least) are
+        let go at once (they take them then, before they are due); those due sooner are sent
+        once more and let go with their
         answer (``_let_go``), and the run ends when it polls nothing. Ending at once instead
         left the soonest-due tasks to wait for the next read (issue 26: 3,003 of 20,000 tasks
         over a minute).
         """
         self.report.handed_over = True
         self._stop_claiming()
-        window = HANDOVER_READS * self._read_period()
+        window = max(HANDOVER_READS * self._read_period(), HANDOVER_LEAD_S)
         for task_id in self._polls.due_after(now + window):
             self._let_go(task_id)
         self._deadline = min(self._deadline, now + window + HANDOVER_SLACK_S)

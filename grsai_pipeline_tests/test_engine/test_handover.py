@@ -31,7 +31,9 @@ TASKS = 12
 @pytest.fixture
 def long_api(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[SimulatorServer]:
     """Generations that outlast the test; one request at a time, so polls come in order."""
-    env = {"GRSAI_MAX_CONCURRENCY": "1", "GRSAI_POLL_INTERVAL_S": "30"}
+    # Polls an interval apart, longer than a handover keeps them (HANDOVER_LEAD_S): an older
+    # run lets every task go at once.
+    env = {"GRSAI_MAX_CONCURRENCY": "1", "GRSAI_POLL_INTERVAL_S": "60"}
     with long_running_api(monkeypatch, database_url, seed=3, env=env) as sim:
         yield sim
 
@@ -73,14 +75,14 @@ def test_the_longest_waiting_tasks_are_polled_first_whoever_polled_them_last(
             conn.execute(
                 video_tasks.update()
                 .where(video_tasks.c.id == task_id)
-                .values(polled_at=now - timedelta(seconds=40 + rank))
+                .values(polled_at=now - timedelta(seconds=70 + rank))
             )
     long_api.simulator.state.polls.clear()
 
     with open_batches_worker(engine, load_settings(), "follower") as worker:
         report = worker.run(Until.FINAL, 2.0)
 
-    assert report.polls == TASKS  # each once: the next is due an interval (30 s) later
+    assert report.polls == TASKS  # each once: the next is due an interval (60 s) later
     assert _polled_order(long_api, engine) == list(reversed(task_ids))
     # Every answer is written down, a change or not, for whoever follows them next.
     with engine.connect() as conn:
