@@ -142,7 +142,7 @@ def repoll_open_batches_op(
                     now = time.monotonic()
                     if report.handed_over or now >= deadline:
                         break
-                    if report.unfinished:
+                    if report.unfinished or report.handing_over:
                         idle_since = None
                         continue
                     idle_since = now if idle_since is None else idle_since

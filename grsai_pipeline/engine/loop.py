@@ -158,6 +158,9 @@ class Engine:
         self._holds_lost: set[str] = set()
         # Poll holds to end in the next transaction (handing over: _hand_over).
         self._to_release: list[str] = []
+        # Handing over (a newer runner follows the same batches): when this engine ends at the
+        # latest (monotonic), over as many runs of it as the adapter asks for.
+        self._handover_until: float | None = None
         # Left before the hold's end: an interval (another engine that takes the task at the
         # hold's end polls it an interval after this engine's last poll, at the earliest).
         self._hold_margin_s = settings.poll_interval_s
@@ -220,15 +223,19 @@ class Engine:
 
     async def _work(self, until: Until, budget_s: float) -> EngineReport:
         self._deadline = time.monotonic() + budget_s
-        self._claiming = True
+        self._claiming = self._handover_until is None
         self._rescanned_clean = self._submits_clean = False
         self._winding_down = False
         await self._synchronise(claim=False, rescan=True)
         while True:
             now = time.monotonic()
             self._collect_sync()
-            if self.report.handed_over and not self._polls:
-                self._deadline = min(self._deadline, now)  # handed over: nothing left to poll
+            if self._handover_until is not None and (
+                not self._polls or now >= self._handover_until
+            ):
+                # Handed over: the newer engines poll everything this one did.
+                self.report.handed_over = True
+                self._deadline = min(self._deadline, now)
             open_ = now < self._deadline and self._stopped is None and self._failure is None
             # Done but for what is on the wire: start nothing new (polls would go on forever
             # in a run that only submits), let it land, and stop.
@@ -259,6 +266,7 @@ class Engine:
         self.report.budget_spent = (
             not self.report.handed_over and time.monotonic() >= self._deadline
         )
+        self.report.handing_over = self._handover_until is not None and not self.report.handed_over
         if self._failure is not None:
             raise self._failure
         if self._stopped is not None:
@@ -442,7 +450,7 @@ class Engine:
                 # can have, so a coarse step's end is not overshot by half a long wait.
                 seen_at = _last_answer(polled) or now
             answered_at = now if isinstance(event, Answered) else None
-            if self.report.handed_over:
+            if self._handover_until is not None:
                 # Its answer written, the newer engines poll it (due an interval from now).
                 self._let_go(state.id)
                 return
@@ -644,8 +652,9 @@ class Engine:
 
     def _apply_rescan(self, seen: Rescan, known_before: set[str]) -> None:
         if seen.handed_over:
-            if not self.report.handed_over:
+            if self._handover_until is None:
                 self._hand_over(time.monotonic())
+            self._next_rescan = math.inf  # nothing more to read: it ends
             return
         self._batches = list(seen.batches)
         if seen.durations is not None:
@@ -695,12 +704,11 @@ class Engine:
         left the soonest-due tasks to wait for the next read (issue 26: 3,003 of 20,000 tasks
         over a minute).
         """
-        self.report.handed_over = True
         self._stop_claiming()
         window = max(HANDOVER_READS * self._read_period(), HANDOVER_LEAD_S)
         for task_id in self._polls.due_after(now + window):
             self._let_go(task_id)
-        self._deadline = min(self._deadline, now + window + HANDOVER_SLACK_S)
+        self._handover_until = now + window + HANDOVER_SLACK_S
 
     def _let_go(self, task_id: str) -> None:
         """Poll this task no more and end its hold in the next transaction (handing over)."""

@@ -28,8 +28,10 @@ class EngineReport:
     possible_duplicates: int = 0
     rate_limited: bool = False
     budget_spent: bool = False
-    # A newer runner took the scope over (the next re-polling run): this one ended early.
+    # A newer runner took the scope over (the next re-polling run): this one ended early,
+    # having handed over; or it is still sending the polls due soon (run it again at once).
     handed_over: bool = False
+    handing_over: bool = False
     # Decided writes whose guard no longer held (another writer moved the task first).
     stale_writes: int = 0
     # Polls not sent because this engine came to them after its hold on the task had ended.
