@@ -32,6 +32,10 @@ class PollHeap:
         """How many tasks wait for their next poll (those being polled are not counted)."""
         return len(self._seq_of)
 
+    def waiting(self, task_id: str) -> bool:
+        """Whether ``task_id`` waits for its next poll (known, and not being polled now)."""
+        return task_id in self._seq_of
+
     def ids(self) -> set[str]:
         """Every task this engine polls, being polled now or not."""
         return set(self._tasks)

@@ -669,6 +669,11 @@ class Engine:
         for task_id in known_before - seen.ids_at_api:
             self._polls.forget(task_id)  # moved on elsewhere: a callback, another runner
             self._held_until.pop(task_id, None)
+        for task_id in seen.let_go:
+            # Over this engine's share. One being polled now stays until its answer is written
+            # (let go before, it could be taken and polled again before its answer is known).
+            if self._polls.waiting(task_id):
+                self._let_go(task_id)
         now = time.monotonic()
         interval = self.settings.poll_interval_s
         decided_since = self._unwritten.decided()
@@ -711,7 +716,9 @@ class Engine:
         self._handover_until = now + window + HANDOVER_SLACK_S
 
     def _let_go(self, task_id: str) -> None:
-        """Poll this task no more and end its hold in the next transaction (handing over)."""
+        """Poll this task no more, and end its hold in the next transaction (handing over, or
+        over this engine's share): forgotten first, so it is never polled once another engine
+        may hold it."""
         self._polls.forget(task_id)
         self._held_until.pop(task_id, None)
         self._to_release.append(task_id)

@@ -25,7 +25,7 @@ from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import reading
 from grsai_pipeline.store.durations import recent_durations
 from grsai_pipeline.store.intake import awaiting_intake, take_in_batch
-from grsai_pipeline.store.polls import over_share, poll_holds, release_polls, share_of, take_polls
+from grsai_pipeline.store.polls import over_share, poll_holds, share_of, take_polls
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.settlement import Settlement, settle_batch
 from grsai_pipeline.store.tasks import (
@@ -50,6 +50,9 @@ class Rescan:
     durations: dict[str, ModelDurations] | None = None
     # When the read began (monotonic): the poll holds it took run from then, at the least.
     read_at: float = 0.0
+    # Of ``ids_at_api``, those over this engine's share: to let go (the engine ends their holds
+    # once it has stopped polling them: another engine may poll them at once).
+    let_go: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,12 @@ class ScopeReader:
         claimable = {b: paid for b, (paid, _) in waiting.items() if b not in cancelled}
         with reading(self.db) as conn:
             unfinished = unfinished_per_batch(conn, batches) if batches else {}
-        ids = self._hold_polls(batches) if batches else set()
+        ids, let_go = self._hold_polls(batches) if batches else (set(), [])
         unknown = ids - known
         with reading(self.db) as conn:
             new = tasks_at_api(conn, unknown) if unknown else []
             paced = recent_durations(conn) if durations else None
-        return Rescan(batches, claimable, unfinished, ids, new, handed_over, paced, read_at)
+        return Rescan(batches, claimable, unfinished, ids, new, handed_over, paced, read_at, let_go)
 
     def settle_finished(self, seen: Rescan) -> list[Settlement]:
         """Settle every batch in scope whose tasks are all final (callbacks may have finished
@@ -101,11 +104,11 @@ class ScopeReader:
                 settled.append(settlement)
         return settled
 
-    def _hold_polls(self, batches: list[str]) -> set[str]:
+    def _hold_polls(self, batches: list[str]) -> tuple[set[str], list[str]]:
         """The tasks at the API this engine polls from now on: those it holds, and as many of
         those nobody live holds as its share of every task at the API in its scope has room
-        for (store/polls.py). Holding more than its share by more than a little, it lets the
-        excess go, for the engines under theirs to take."""
+        for (store/polls.py). Holding more than its share by more than a little, it names the
+        excess to let go, for the engines under theirs to take."""
         runner_id, now = self.heartbeat.runner_id, utc_now()
         with reading(self.db) as conn:
             holds = poll_holds(conn, runner_id, batches, self.lease_s, now)
@@ -113,13 +116,10 @@ class ScopeReader:
         share = share_of(holds.at_api, engines)
         if excess := over_share(len(holds.mine), share):
             # The most recently polled go: due latest, they leave the taker the most time.
-            kept, let_go = holds.mine[:-excess], holds.mine[-excess:]
-            with self.db.begin() as conn:
-                release_polls(conn, runner_id, let_go, now=now)
-            return set(kept)
+            return set(holds.mine), holds.mine[-excess:]
         room = share - len(holds.mine)
         if not holds.free or room <= 0:
-            return set(holds.mine)
+            return set(holds.mine), []
         with self.db.begin() as conn:
             taken = take_polls(
                 conn,
@@ -129,7 +129,7 @@ class ScopeReader:
                 lease_s=self.lease_s,
                 now=now,
             )
-        return set(holds.mine) | taken
+        return set(holds.mine) | taken, []
 
     def _waiting(self, conn: Connection, batches: list[str]) -> dict[str, tuple[int, int]]:
         if not batches:
