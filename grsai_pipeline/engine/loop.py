@@ -686,8 +686,12 @@ class Engine:
             last = max((d for d in (task.state.submitted_at, task.polled_at) if d), default=None)
             waited = (wall_now - last).total_seconds() if last else interval
             self._polls.schedule(task, self._next_poll_in(task, None) - waited)
-            # Taken (or found held) during the read: held a hold from its start, at the least.
-            self._held_until[task.state.id] = seen.read_at + self._hold.total_seconds()
+            # Taken during the read: held a hold from its start, at the least; found held (a
+            # task this engine had forgotten): until that hold ends.
+            held_for = self._hold.total_seconds()
+            if (ends := seen.held_until.get(task.state.id)) is not None:
+                held_for = min(held_for, (ends - wall_now).total_seconds() + (now - seen.read_at))
+            self._held_until[task.state.id] = seen.read_at + held_for
         self.report.unfinished = sum(seen.unfinished.values())
         self.report.waiting_claimable = sum(seen.waiting.values()) if self._claiming else 0
         self._rescanned_clean = not self._unwritten and not self._in_flight

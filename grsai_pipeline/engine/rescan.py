@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as Database
@@ -53,6 +53,8 @@ class Rescan:
     # Of ``ids_at_api``, those over this engine's share: to let go (the engine ends their holds
     # once it has stopped polling them: another engine may poll them at once).
     let_go: Sequence[str] = ()
+    # When this engine's hold on each of ``ids_at_api`` ends, as the database says.
+    held_until: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,16 @@ class ScopeReader:
         claimable = {b: paid for b, (paid, _) in waiting.items() if b not in cancelled}
         with reading(self.db) as conn:
             unfinished = unfinished_per_batch(conn, batches) if batches else {}
-        ids, let_go = self._hold_polls(batches) if batches else (set(), [])
+        held_until, let_go = self._hold_polls(batches) if batches else ({}, [])
+        ids = set(held_until)
         unknown = ids - known
         with reading(self.db) as conn:
             new = tasks_at_api(conn, unknown) if unknown else []
             paced = recent_durations(conn) if durations else None
-        return Rescan(batches, claimable, unfinished, ids, new, handed_over, paced, read_at, let_go)
+        return Rescan(
+            batches, claimable, unfinished, ids, new, handed_over, paced, read_at, let_go,
+            held_until,
+        )  # fmt: skip
 
     def settle_finished(self, seen: Rescan) -> list[Settlement]:
         """Settle every batch in scope whose tasks are all final (callbacks may have finished
@@ -104,8 +110,9 @@ class ScopeReader:
                 settled.append(settlement)
         return settled
 
-    def _hold_polls(self, batches: list[str]) -> tuple[set[str], list[str]]:
-        """The tasks at the API this engine polls from now on: those it holds, and as many of
+    def _hold_polls(self, batches: list[str]) -> tuple[dict[str, datetime], list[str]]:
+        """The tasks at the API this engine polls from now on, with when its hold on each ends:
+        those it holds, and as many of
         those nobody live holds as its share of every task at the API in its scope has room
         for (store/polls.py). Holding more than its share by more than a little, it names the
         excess to let go, for the engines under theirs to take."""
@@ -116,10 +123,10 @@ class ScopeReader:
         share = share_of(holds.at_api, engines)
         if excess := over_share(len(holds.mine), share):
             # The most recently polled go: due latest, they leave the taker the most time.
-            return set(holds.mine), holds.mine[-excess:]
+            return holds.mine_until, holds.mine[-excess:]
         room = share - len(holds.mine)
         if not holds.free or room <= 0:
-            return set(holds.mine), []
+            return holds.mine_until, []
         with self.db.begin() as conn:
             taken = take_polls(
                 conn,
@@ -129,7 +136,7 @@ class ScopeReader:
                 lease_s=self.lease_s,
                 now=now,
             )
-        return set(holds.mine) | taken, []
+        return holds.mine_until | dict.fromkeys(taken, now + self.hold), []
 
     def _waiting(self, conn: Connection, batches: list[str]) -> dict[str, tuple[int, int]]:
         if not batches:

@@ -74,6 +74,9 @@ class PollHolds:
     mine: list[str]
     free: list[str]
     at_api: int
+    # When each of ``mine`` is held until (the hold of a task this engine no longer knew of
+    # ends then, not a hold's length after this read).
+    mine_until: dict[str, datetime]
 
 
 def poll_holds(
@@ -87,9 +90,11 @@ def poll_holds(
     )
     mine: list[str] = []
     free: list[str] = []
+    mine_until: dict[str, datetime] = {}
     for task_id, holder, until in conn.execute(query):
         if holder == runner_id and until is not None and until >= now:
             mine.append(task_id)
+            mine_until[task_id] = until
         else:
             free.append(task_id)
     at_api = sa.select(sa.func.count()).where(
@@ -97,7 +102,7 @@ def poll_holds(
         t.status == TaskStatus.PROCESSING.value,
         t.grsai_task_id.is_not(None),
     )
-    return PollHolds(mine, free, int(conn.scalar(at_api) or 0))
+    return PollHolds(mine, free, int(conn.scalar(at_api) or 0), mine_until)
 
 
 def share_of(tasks: int, engines: int) -> int:
