@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from grsai_pipeline.config import Settings, load_settings
 from grsai_pipeline.dev.simulator import SimulatorServer
+from grsai_pipeline.engine import loop
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import Worker, batch_worker, open_batches_worker
 from grsai_pipeline.store.columns import utc_now
@@ -160,3 +161,48 @@ def test_a_re_polling_run_holding_every_task_shares_them_with_one_that_starts_la
     times = _poll_times(long_api, engine, [batch_id])
     closest = min(b - a for t in times.values() for a, b in itertools.pairwise(t))
     assert closest > 0.8 * INTERVAL_S
+
+
+def test_a_task_found_held_by_an_engine_that_had_forgotten_it_is_polled_once(
+    engine: sa.Engine, long_api: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: an engine that had forgotten a task it still holds (its renewal skipped a
+    locked row) finds it at its next read, held for one more second. It counts that second,
+    not a whole hold from the read: once the hold ends another engine takes the task, and
+    only that one polls it when it is due (before, both did, 0.41 s apart, in the benchmark)."""
+    monkeypatch.setenv("GRSAI_POLL_INTERVAL_S", "10")
+    monkeypatch.setenv("GRSAI_POLL_MAX_GAP_S", "10")  # fixed polling: due each interval
+    monkeypatch.setenv("GRSAI_CLAIM_LEASE_S", "20")  # a hold of 10 + 10 s
+    monkeypatch.setenv("GRSAI_REPOLL_RUNS", "2")  # two engines at work, no handover
+    monkeypatch.setattr(loop, "RESCAN_EVERY_S", 10.0)  # one read each within the test
+    settings = load_settings()
+    batch_id = _submitted(engine, 1, "forgotten")
+    now = utc_now()
+    with engine.begin() as conn:  # held by "older-run" for 1.5 s more; due in 4 s
+        conn.execute(
+            video_tasks.update().values(
+                polled_by="older-run",
+                poll_held_until=now + timedelta(seconds=1.5),
+                polled_at=now - timedelta(seconds=6),
+                submitted_at=now - timedelta(seconds=60),
+            )
+        )
+    long_api.simulator.state.polls.clear()
+
+    def later(seconds: float) -> Callable[[], AbstractContextManager[Worker]]:
+        threading.Event().wait(seconds)
+        return lambda: open_batches_worker(engine, settings, "newer-run")
+
+    older = threading.Thread(
+        target=_run_together,
+        args=([lambda: open_batches_worker(engine, settings, "older-run")], 7.0),
+        daemon=True,
+    )
+    older.start()
+    _run_together([later(2.5)], 4.0)  # up after the hold ended, before the poll is due
+    older.join(timeout=40)
+
+    times = _poll_times(long_api, engine, [batch_id])
+    assert [len(t) for t in times.values()] == [1], times  # once, not by both engines
+    holders = rows(engine, "SELECT polled_by FROM video_tasks WHERE batch_job_id = :b", b=batch_id)
+    assert holders == [{"polled_by": "newer-run"}]
