@@ -536,6 +536,7 @@ class Engine:
     async def _synchronise(self, *, claim: bool, rescan: bool) -> None:
         """One transaction: write what was decided, claim what free slots can take; and,
         every few seconds or when the engine runs dry, read the scope again."""
+        answered_from = self._unwritten.first_answer_at()
         transitions, polled = self._unwritten.take()
         release, self._to_release = self._to_release, []
         quotas = self._quotas() if claim else []
@@ -547,10 +548,12 @@ class Engine:
         try:
             known = before_rescan if rescan else None
             if self._inline_db:
-                claimed, seen = self._transact(transitions, polled, quotas, known, held, release)
+                claimed, seen = self._transact(
+                    transitions, polled, quotas, known, held, release, answered_from
+                )
             else:
                 claimed, seen = await asyncio.to_thread(
-                    self._transact, transitions, polled, quotas, known, held, release
+                    self._transact, transitions, polled, quotas, known, held, release, answered_from
                 )
         except SQLAlchemyError as error:
             if not is_outage(error):
@@ -595,6 +598,7 @@ class Engine:
         known: set[str] | None,
         held: set[str] | None = None,
         release: Sequence[str] = (),
+        answered_from: datetime | None = None,
     ) -> tuple[list[ClaimedTask], Rescan | None]:
         """In a worker thread: touches nothing the event loop changes (``known`` and ``held``
         are copies)."""
@@ -610,10 +614,14 @@ class Engine:
                     if accepted:
                         hold_accepted(conn, runner_id, accepted, until=now + self._hold)
                 if polled:
-                    # Answered, a change or not: when, for whoever follows the task next; and
-                    # this engine goes on holding it.
+                    # Answered, a change or not: when (the first of these answers), for
+                    # whoever follows the task next; and this engine goes on holding it.
                     renewed = renew_holds(
-                        conn, runner_id, polled, until=now + self._hold, polled_at=now
+                        conn,
+                        runner_id,
+                        polled,
+                        until=now + self._hold,
+                        polled_at=min(now, answered_from or now),
                     )
                     self._holds_lost.update(set(polled) - renewed)
                 if release:

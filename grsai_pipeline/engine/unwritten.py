@@ -9,9 +9,11 @@ answers ``FLUSH_EVERY_S``; answers that changed nothing ``MARK_POLLED_EVERY_S``.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
 from typing import Final
 
 from grsai_pipeline.domain.lifecycle import Transition
+from grsai_pipeline.store.columns import utc_now
 
 # Poll answers are written at least this often, or once this many wait.
 FLUSH_EVERY_S: Final = 0.25
@@ -51,6 +53,14 @@ class Unwritten:
         if not self.polled:
             self._polled_since = time.monotonic()
         self.polled.append(task_id)
+
+    def first_answer_at(self) -> datetime | None:
+        """When the first of the answers waiting came (wall clock), if any wait: written as
+        their ``polled_at``, at most ``MARK_POLLED_EVERY_S`` early, so that an engine taking
+        one over polls it a little early rather than past the max gap."""
+        if not self.polled:
+            return None
+        return utc_now() - timedelta(seconds=time.monotonic() - self._polled_since)
 
     def decided(self) -> set[str]:
         """The tasks with a transition waiting to be written."""
