@@ -84,7 +84,7 @@ RESCAN_SHARE: Final = 0.05
 # meanwhile waited up to 3.6 s more).
 HANDOVER_READS: Final = 2
 HANDOVER_LEAD_S: Final = 30.0
-# ... and ends once it has polled each of those (or this long after the last one was due).
+# ... and ends once it has polled each of those (or, at the latest, this long after that time).
 HANDOVER_SLACK_S: Final = 1.0
 
 
@@ -716,10 +716,9 @@ class Engine:
 
         Polls due later than the newer engines' next read (``HANDOVER_LEAD_S`` at least) are
         let go at once (they take them then, before they are due); those due sooner are sent
-        once more and let go with their
-        answer (``_let_go``), and the run ends when it polls nothing. Ending at once instead
-        left the soonest-due tasks to wait for the next read (issue 26: 3,003 of 20,000 tasks
-        over a minute).
+        once more and let go with their answer (``_let_go``), and the run ends when it polls
+        nothing. Ending at once instead left the soonest-due tasks to wait for the next read
+        (issue 26: 3,003 of 20,000 tasks over a minute).
         """
         self._stop_claiming()
         window = max(HANDOVER_READS * self._read_period(), HANDOVER_LEAD_S)

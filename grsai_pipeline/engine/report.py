@@ -29,8 +29,9 @@ class EngineReport:
     rate_limited: bool = False
     budget_spent: bool = False
     # A newer runner took the scope over (the next re-polling run): this one ended early,
-    # having handed over; or it is still sending the polls due soon (run it again at once).
+    # having handed its tasks over.
     handed_over: bool = False
+    # Handing over, and still sending the polls due soon: run it again at once.
     handing_over: bool = False
     # Decided writes whose guard no longer held (another writer moved the task first).
     stale_writes: int = 0

@@ -112,10 +112,9 @@ class ScopeReader:
 
     def _hold_polls(self, batches: list[str]) -> tuple[dict[str, datetime], list[str]]:
         """The tasks at the API this engine polls from now on, with when its hold on each ends:
-        those it holds, and as many of
-        those nobody live holds as its share of every task at the API in its scope has room
-        for (store/polls.py). Holding more than its share by more than a little, it names the
-        excess to let go, for the engines under theirs to take."""
+        those it holds, and as many of those nobody live holds as its share of every task at
+        the API in its scope has room for (store/polls.py). Holding more than its share by
+        more than a little, it names the excess to let go, for the engines under theirs."""
         runner_id, now = self.heartbeat.runner_id, utc_now()
         with reading(self.db) as conn:
             holds = poll_holds(conn, runner_id, batches, self.lease_s, now)
