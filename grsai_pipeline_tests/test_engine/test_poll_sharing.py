@@ -73,6 +73,27 @@ def _run_together(
     assert not any(thread.is_alive() for thread in threads)
 
 
+def _older_then_newer(
+    engine: sa.Engine,
+    settings: Settings,
+    names: tuple[str, str],
+    older_s: float,
+    newer_after_s: float,
+    newer_s: float,
+) -> None:
+    """Two runners of every open batch: the older one works ``older_s``; the newer one starts
+    ``newer_after_s`` later and works ``newer_s``."""
+    older = threading.Thread(
+        target=_run_together,
+        args=([lambda: open_batches_worker(engine, settings, names[0])], older_s),
+        daemon=True,
+    )
+    older.start()
+    threading.Event().wait(newer_after_s)
+    _run_together([lambda: open_batches_worker(engine, settings, names[1])], newer_s)
+    older.join(timeout=40)
+
+
 def test_overlapping_engines_poll_each_task_once_an_interval(
     engine: sa.Engine, long_api: SimulatorServer
 ) -> None:
@@ -137,18 +158,7 @@ def test_a_re_polling_run_holding_every_task_shares_them_with_one_that_starts_la
     batch_id = _submitted(engine, 60, "many")
     long_api.simulator.state.polls.clear()
 
-    def later(seconds: float) -> Callable[[], AbstractContextManager[Worker]]:
-        threading.Event().wait(seconds)
-        return lambda: open_batches_worker(engine, settings, "second-run")
-
-    first = threading.Thread(
-        target=_run_together,
-        args=([lambda: open_batches_worker(engine, settings, "first-run")], 10.0),
-        daemon=True,
-    )
-    first.start()
-    _run_together([later(3.0)], 7.0)
-    first.join(timeout=40)
+    _older_then_newer(engine, settings, ("first-run", "second-run"), 10.0, 3.0, 7.0)
 
     holders = rows(
         engine,
@@ -189,18 +199,8 @@ def test_a_task_found_held_by_an_engine_that_had_forgotten_it_is_polled_once(
         )
     long_api.simulator.state.polls.clear()
 
-    def later(seconds: float) -> Callable[[], AbstractContextManager[Worker]]:
-        threading.Event().wait(seconds)
-        return lambda: open_batches_worker(engine, settings, "newer-run")
-
-    older = threading.Thread(
-        target=_run_together,
-        args=([lambda: open_batches_worker(engine, settings, "older-run")], 7.0),
-        daemon=True,
-    )
-    older.start()
-    _run_together([later(2.5)], 4.0)  # up after the hold ended, before the poll is due
-    older.join(timeout=40)
+    # The newer one up after the hold ended, before the poll is due.
+    _older_then_newer(engine, settings, ("older-run", "newer-run"), 7.0, 2.5, 4.0)
 
     times = _poll_times(long_api, engine, [batch_id])
     assert [len(t) for t in times.values()] == [1], times  # once, not by both engines
