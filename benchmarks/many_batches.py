@@ -4,6 +4,8 @@
     python benchmarks/many_batches.py --batches 100 --minutes 2
     python benchmarks/many_batches.py --as-users         # 100 x 5 tasks of 180 s, SQLite
     python benchmarks/many_batches.py --as-users --batches 300 --tasks 10 --postgres
+    python benchmarks/many_batches.py --as-users --batches 1000 --tasks 20 --postgres \
+        --repoll-runs 5
     python benchmarks/many_batches.py --as-users --fairness [--warm]  # 3 tasks behind 1,500
     python benchmarks/many_batches.py --as-users --realistic [--max-gap 2]  # paced (fixed)
 
@@ -86,6 +88,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -319,6 +322,9 @@ def add_as_users_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--measure-s", type=float, default=360.0, help="--realistic: seconds from the 1st create"
     )
+    group.add_argument(
+        "--repoll-runs", type=int, default=1, help="GRSAI_REPOLL_RUNS (grsai/repoll limit N + 1)"
+    )
 
 
 @dataclass
@@ -371,6 +377,9 @@ def as_users_env(args: argparse.Namespace, base_url: str, work: Path, dbs: Datab
     home = work / "dagster_home"
     home.mkdir()
     instance_yaml = (REPO / "dagster.yaml" if dbs.instance_url else DEV_INSTANCE_YAML).read_text()
+    if args.repoll_runs > 1:
+        # As the README says for GRSAI_REPOLL_RUNS=N: the instance's grsai/repoll limit at N + 1.
+        instance_yaml = repoll_limit(instance_yaml, args.repoll_runs + 1)
     (home / "dagster.yaml").write_text(instance_yaml)
     env = {
         **os.environ,
@@ -382,12 +391,22 @@ def as_users_env(args: argparse.Namespace, base_url: str, work: Path, dbs: Datab
         "GRSAI_POLL_BUDGET_S": f"{args.poll_budget:g}",
         "GRSAI_ARCHIVE_URL": str(work / "videos"),  # not ./videos of the repository
         "DAGSTER_HOME": str(home),
+        "GRSAI_REPOLL_RUNS": str(args.repoll_runs),
     }
     if args.max_gap is not None:
         env["GRSAI_POLL_MAX_GAP_S"] = f"{args.max_gap:g}"
     if dbs.instance_url:
         env["DAGSTER_PG_URL"] = dbs.instance_url
     return env
+
+
+def repoll_limit(instance_yaml: str, limit: int) -> str:
+    """The instance's configuration with the ``grsai/repoll`` tag limit set to ``limit``."""
+    key = "- key: grsai/repoll\n"
+    if key not in instance_yaml:
+        return instance_yaml + f"      {key}        limit: {limit}\n"
+    head, tail = instance_yaml.split(key, 1)
+    return head + key + re.sub(r"limit: \d+", f"limit: {limit}", tail, count=1)
 
 
 def cli(env: dict[str, str], *args: str) -> str:
@@ -583,8 +602,8 @@ def print_header(args: argparse.Namespace, dbs: Databases) -> None:
           f"({args.batches * args.tasks:,} tasks) of {args.generation_s:g} s upstream, "
           f"{len(users_of(args))} users, API latency {args.latency_ms:g} ms; "
           f"GRSAI_POLL_INTERVAL_S={args.poll_interval:g} GRSAI_POLL_BUDGET_S={args.poll_budget:g}"
-          f" GRSAI_MAX_CONCURRENCY={args.concurrency}; {dbs.describe()}; "
-          f"{os.cpu_count()} cores", flush=True)  # fmt: skip
+          f" GRSAI_MAX_CONCURRENCY={args.concurrency} GRSAI_REPOLL_RUNS={args.repoll_runs}; "
+          f"{dbs.describe()}; {os.cpu_count()} cores", flush=True)  # fmt: skip
 
 
 def print_creation(args: argparse.Namespace, made: list[Created]) -> None:
