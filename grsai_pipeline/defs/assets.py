@@ -30,7 +30,7 @@ from grsai_pipeline.defs.reports import (
 )
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import NO_RETRY_TAGS, TRIGGER_TAG, missing_batch_tags
-from grsai_pipeline.domain.states import RetryPolicy
+from grsai_pipeline.domain.states import BatchStatus, RetryPolicy
 from grsai_pipeline.engine.loop import Until
 from grsai_pipeline.engine.work import batch_worker
 from grsai_pipeline.errors import RunStopped, SettingsError, UnknownBatch
@@ -43,7 +43,6 @@ from grsai_pipeline.store.outages import ride_out
 from grsai_pipeline.store.outcomes import batch_outcomes
 from grsai_pipeline.store.retries import RetryStart, retry_failed_tasks
 from grsai_pipeline.store.runners import open_batch_runners
-from grsai_pipeline.store.settlement import settle_batch
 from grsai_pipeline.videos.archiver import archive_videos
 
 GROUP = "batch_pipeline"
@@ -214,13 +213,16 @@ def batch_lifecycle(
     snap = ride_out("batch run", lambda: snapshot(db, batch_id, PREVIEW_ROWS, policy))
     yield polled_report(snap, followed_metadata, missing).result()
 
-    settlement = ride_out("batch run", lambda: settle_batch(db, batch_id))
-    if settlement.unfinished:
-        context.log.info(f"waiting: {settlement.unfinished} task(s) not final yet")
-    said = "settled" if settlement.settled else f"waiting on {settlement.unfinished} task(s)"
-    written = {"ledger_entries_written": settlement.entries_written}
+    # The engine settled the batch at the read that found its tasks all final (or another
+    # engine did, or it waits on tasks still at the API): this step reports what is written.
+    entries = sum(s.entries_written for s in [*submitted.settled, *followed.settled])
     problems = ride_out("batch run", lambda: ledger_problems(db, batch_id))
     snap = ride_out("batch run", lambda: snapshot(db, batch_id, PREVIEW_ROWS, policy))
+    said = "settled"
+    if snap.view.status != BatchStatus.SETTLED:
+        said = f"waiting on {snap.view.unfinished} task(s)"
+        context.log.info(f"waiting: {snap.view.unfinished} task(s) not final yet")
+    written = {"ledger_entries_written": entries}
     yield settled_report(snap, written, said, problems).result()
 
     # After the money: a slow download never holds up a settlement.

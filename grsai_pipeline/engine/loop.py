@@ -121,8 +121,6 @@ class Engine:
         heartbeat: Heartbeat,
         scope: Scope,
         settings: EngineSettings,
-        *,
-        settles: bool = False,
     ) -> None:
         self.db = db
         self.client = client
@@ -131,9 +129,6 @@ class Engine:
         self.settings = settings
         self.report = EngineReport()
         self._slots = settings.max_concurrency
-        # Settle finished batches as the scope is read (the re-polling run; a batch's own run
-        # settles in its settled_ledger step instead).
-        self.settles = settles
         # SQLite works in this process: from a worker thread it would only add GIL hand-offs
         # (measured: a transaction took 3x longer). PostgreSQL waits on the network, so its
         # transactions run in a worker thread while the event loop keeps the wire busy.
@@ -654,8 +649,8 @@ class Engine:
             self._durations_due = started + DURATIONS_EVERY_S
         seen = self._reader.read(known, durations=durations)
         self._rescan_took = time.monotonic() - started
-        if self.settles:
-            self.report.settled += self._reader.settle_finished(seen)
+        # Settlement's one owner: the read that finds a batch's tasks all final settles it.
+        self.report.settled += self._reader.settle_finished(seen)
         return claimed, seen
 
     def _apply_rescan(self, seen: Rescan, known_before: set[str]) -> None:

@@ -41,7 +41,7 @@ class EngineReport:
     unfinished: int = 0
     waiting_claimable: int = 0
     batches: dict[str, BatchActivity] = field(default_factory=dict)
-    # Batches this run settled (only a run that settles: the re-polling one).
+    # Batches this run settled (each at the read that found its tasks all final).
     settled: list[Settlement] = field(default_factory=list)
     # What the client did during the run: requests, retries, 429 answers.
     api_calls: int = 0

@@ -70,7 +70,7 @@ def open_batches_worker(db: Database, settings: Settings, runner_id: str) -> Ite
     """A worker over every open batch (sharing their tasks with whatever other engines are
     live); ``worker.run`` it in periods, settling in between."""
     scope = OpenBatches(settings.claim_lease_s, settings.repoll_runs)
-    with Worker(db, settings, runner_id, scope, None, settles=True) as worker:
+    with Worker(db, settings, runner_id, scope, None) as worker:
         yield worker
 
 
@@ -84,8 +84,6 @@ class Worker:
         runner_id: str,
         scope: Scope,
         batch_id: str | None,
-        *,
-        settles: bool = False,
     ) -> None:
         self.db = db
         self._settings = settings
@@ -95,7 +93,6 @@ class Worker:
         # uvloop: the same asyncio, with a cheaper event loop (CPU per request, issue 9).
         self._runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
         self._engine: Engine | None = None
-        self._settles = settles
 
     def __enter__(self) -> Worker:
         client = open_client(self._settings)  # before anything else: a missing key stops here
@@ -108,7 +105,6 @@ class Worker:
             self._heartbeat,
             self._scope,
             engine_settings(self._settings),
-            settles=self._settles,
         )
         return self
 

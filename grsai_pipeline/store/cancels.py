@@ -20,12 +20,12 @@ from sqlalchemy.engine import Connection, Engine
 from grsai_pipeline.domain.ledger import closing_entry
 from grsai_pipeline.domain.lifecycle import WAITING, Cancelled, TaskState, decide
 from grsai_pipeline.domain.states import BatchStatus, RetryPolicy
-from grsai_pipeline.store.batches import count_unfinished, lock_batch
+from grsai_pipeline.store.batches import lock_batch
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.ledger import open_reservations, record_transaction
 from grsai_pipeline.store.runners import live_runners
 from grsai_pipeline.store.schema import batch_jobs, video_tasks
-from grsai_pipeline.store.settlement import settle_batch
+from grsai_pipeline.store.settlement import settle_locked
 from grsai_pipeline.store.tasks import apply_transitions
 
 BY_THE_USER = "the batch was cancelled before this task was sent"
@@ -61,9 +61,10 @@ def cancel_batch(engine: Engine, batch_id: str, *, lease_s: float) -> Cancel:
             .values(cancelled_at=now, updated_at=now)
         )
         cancelled, refunded = _fail_unsent(conn, batch_id, lease_s=lease_s, now=now)
-        still_running = count_unfinished(conn, [batch_id])
-    settled = not still_running and settle_batch(engine, batch_id).settled
-    return Cancel(batch_id, None, cancelled, refunded, still_running, settled)
+        # Nothing of it left at the API: no engine will read it for a poll, so the cancel that
+        # finished its last task settles it, in the same transaction (as intake does a refusal).
+        settlement = settle_locked(conn, batch, now)
+    return Cancel(batch_id, None, cancelled, refunded, settlement.unfinished, settlement.settled)
 
 
 def sweep_cancelled(engine: Engine, batch_ids: Sequence[str], *, lease_s: float) -> int:
