@@ -120,10 +120,10 @@ class ScopeReader:
             holds = poll_holds(conn, runner_id, batches, self.lease_s, now)
             engines = self.scope.engines(conn, self.lease_s)
         share = share_of(holds.at_api, engines)
-        if excess := over_share(len(holds.mine), share):
+        if excess := over_share(len(holds.mine_until), share):
             # The most recently polled go: due latest, they leave the taker the most time.
             return holds.mine_until, holds.mine[-excess:]
-        room = share - len(holds.mine)
+        room = share - len(holds.mine_until)
         if not holds.free or room <= 0:
             return holds.mine_until, []
         with self.db.begin() as conn:

@@ -61,8 +61,8 @@ def cancel_batch(engine: Engine, batch_id: str, *, lease_s: float) -> Cancel:
             .values(cancelled_at=now, updated_at=now)
         )
         cancelled, refunded = _fail_unsent(conn, batch_id, lease_s=lease_s, now=now)
-        # Nothing of it left at the API: no engine will read it for a poll, so the cancel that
-        # finished its last task settles it, in the same transaction (as intake does a refusal).
+        # With nothing of it left at the API no engine polls it again: the cancel that finished
+        # its last task settles it, in this transaction (as intake does a refusal).
         settlement = settle_locked(conn, batch, now)
     return Cancel(batch_id, None, cancelled, refunded, settlement.unfinished, settlement.settled)
 

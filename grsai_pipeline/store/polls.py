@@ -71,12 +71,15 @@ class PollHolds:
     """Of the tasks at the API in a scope: those this runner holds and those free to take, each
     the longest-waiting first; and how many there are in all, whoever holds them."""
 
-    mine: list[str]
+    # Those this runner holds, with when each hold ends (the hold of a task this engine no
+    # longer knew of ends then, not a hold's length after this read).
+    mine_until: dict[str, datetime]
     free: list[str]
     at_api: int
-    # When each of ``mine`` is held until (the hold of a task this engine no longer knew of
-    # ends then, not a hold's length after this read).
-    mine_until: dict[str, datetime]
+
+    @property
+    def mine(self) -> list[str]:
+        return list(self.mine_until)
 
 
 def poll_holds(
@@ -88,12 +91,10 @@ def poll_holds(
         .where(t.batch_job_id.in_(batch_ids), _free(runner_id, lease_s, now))
         .order_by(waited_since, t.id)
     )
-    mine: list[str] = []
     free: list[str] = []
     mine_until: dict[str, datetime] = {}
     for task_id, holder, until in conn.execute(query):
         if holder == runner_id and until is not None and until >= now:
-            mine.append(task_id)
             mine_until[task_id] = until
         else:
             free.append(task_id)
@@ -102,7 +103,7 @@ def poll_holds(
         t.status == TaskStatus.PROCESSING.value,
         t.grsai_task_id.is_not(None),
     )
-    return PollHolds(mine, free, int(conn.scalar(at_api) or 0), mine_until)
+    return PollHolds(mine_until, free, int(conn.scalar(at_api) or 0))
 
 
 def share_of(tasks: int, engines: int) -> int:

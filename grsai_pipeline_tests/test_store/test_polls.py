@@ -83,7 +83,7 @@ def test_a_hold_that_ran_out_frees_the_task_though_its_holder_still_beats(
         # The slow one's answer that comes in after does not take them back.
         with engine.begin() as conn:
             renew_holds(conn, "slow", ids, until=later + HOLD, polled_at=later)
-        assert _holds(engine, "slow", batch_id, later) == PollHolds([], [], 2, {})
+        assert _holds(engine, "slow", batch_id, later) == PollHolds({}, [], 2)
     assert {task_row(engine, i)["polled_by"] for i in ids} == {"quick"}
 
 
