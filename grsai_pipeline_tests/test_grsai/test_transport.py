@@ -4,6 +4,7 @@ may have reached the API, because a submit that may have arrived is a possible d
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import pytest
@@ -71,3 +72,35 @@ def test_a_read_timeout_may_have_created_a_task() -> None:
     failure = asyncio.run(scenario())
     assert failure.uncertain_tries >= 1
     assert "timeout" in str(failure)
+
+
+def test_a_request_on_the_wire_has_its_host_length_and_whole_body() -> None:
+    """What an HTTP/1.1 server needs to read the request: Host, Content-Length, the JSON body."""
+    seen: dict[str, str] = {}
+    body = b""
+
+    async def scenario() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal body
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            for line in head.split("\r\n")[1:]:
+                if line:
+                    name, value = line.split(":", 1)
+                    seen[name.lower()] = value.strip()
+            body = await reader.readexactly(int(seen["content-length"]))
+            reply = b'{"code":0,"msg":"success","data":{"id":"remote-1"}}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, GrsaiClient(f"http://127.0.0.1:{port}", SecretStr("sk-x")) as client:
+            accepted = await client.submit(TASK)
+        assert accepted.task_id == "remote-1"
+        assert seen["host"] == f"127.0.0.1:{port}"
+
+    asyncio.run(scenario())
+    assert seen["content-type"].startswith("application/json")
+    assert json.loads(body)["prompt"] == "a lighthouse at dawn"
