@@ -399,15 +399,20 @@ def succeeded(instance: dg.DagsterInstance, run_id: str, log: Path) -> None:
 
 
 def removal_tick(instance: dg.DagsterInstance, key: str, since: float) -> int | None:
-    """Which tick of the sensor (1 = the first to start after ``since``) deleted the partition
+    """Which tick of the sensor (1 = the first still at work at ``since``) deleted the partition
     ``key``; None before one has."""
     (state,) = [
         s
         for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
         if s.name == SENSOR
     ]
+    # A tick that started just before ``since`` may read the partitions after it (one did, in
+    # a suite run: it removed the key and the test, counting from ``since``, never saw it).
+    started_before = instance.get_ticks(
+        state.instigator_origin_id, state.selector_id, after=since - 60
+    )
     ticks = sorted(
-        instance.get_ticks(state.instigator_origin_id, state.selector_id, after=since),
+        (t for t in started_before if t.end_timestamp is None or t.end_timestamp > since),
         key=lambda tick: tick.timestamp,
     )
     for n, tick in enumerate(ticks, start=1):
