@@ -15,7 +15,8 @@ is done. So the wait before the next poll is decided from what is known of the t
   past that end (a coarse step overdue, progress stuck near 100) it polls every interval.
 
 The shorter wait wins, never less than ``interval_s`` (GRSAI_POLL_INTERVAL_S) nor more than
-``max_gap_s`` (GRSAI_POLL_MAX_GAP_S) less an interval, left for the round trips. With neither
+``max_gap_s`` (GRSAI_POLL_MAX_GAP_S) less an interval, left for the round trips, and less how
+late the engine's recent polls went out (a loaded machine). With neither
 usable (no history, and no progress or one that went backwards) it is ``interval_s``: the
 fixed-interval polling this replaces. In callback mode polls are a backstop, the longest wait
 apart.
@@ -49,6 +50,11 @@ PROGRESS_SLACK: Final = 3
 # as long went on to end within the wait: few enough that such tasks stay within the freshness
 # target's 5 % of late ends, while a poll every interval would cost them minutes of polls.
 NO_PROGRESS_SHARE: Final = 0.03
+# The longest wait is shortened by how late the engine's recent polls went out, by at most
+# this share: a loaded machine keeps the max gap (1,000 x 20 under dagster dev on two cores,
+# polls a few seconds late put the median task's longest gap at 62.4 s), and an engine whose
+# wire is full (where sooner polls cannot help) polls at most twice as often.
+LATENESS_SHARE_MAX: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -96,11 +102,12 @@ class Pace:
         """GRSAI_POLL_MAX_GAP_S at the interval: plain fixed-interval polling."""
         return self.max_gap_s <= self.interval_s
 
-    @property
-    def longest_wait_s(self) -> float:
+    def longest_wait(self, late_s: float = 0.0) -> float:
         """The longest wait after an answer: the max gap is between two polls, so an interval
-        is kept for the round trips and a busy engine (gaps at 60.0-61 s measured without)."""
-        return max(self.interval_s, self.max_gap_s - self.interval_s)
+        is kept for the round trips (gaps at 60.0-61 s measured without), and ``late_s`` (how
+        late recent polls went out, up to LATENESS_SHARE_MAX of the wait) for a busy engine."""
+        room = self.max_gap_s - self.interval_s
+        return max(self.interval_s, room - min(late_s, LATENESS_SHARE_MAX * room))
 
 
 def next_poll_in(
@@ -111,12 +118,15 @@ def next_poll_in(
     progress_before: int | None,
     durations: ModelDurations | None,
     progress_from_s: float | None = None,
+    late_s: float = 0.0,
 ) -> float:
     """Seconds until the next poll of a task ``elapsed_s`` after its submit, whose last answer
     said ``progress`` (``progress_before`` the one before, when known), first seen
-    ``progress_from_s`` after the submit (when known)."""
+    ``progress_from_s`` after the submit (when known), by an engine whose polls went out up to
+    ``late_s`` late in the last minute."""
+    longest = pace.longest_wait(late_s)
     if pace.callbacks:
-        return pace.longest_wait_s  # the callback tells the end; polls catch a lost one
+        return longest  # the callback tells the end; polls catch a lost one
     if pace.fixed:
         return pace.interval_s
     waits = []
@@ -136,4 +146,4 @@ def next_poll_in(
         # Past the end its own pace predicts: the end is near (or progress is stuck near it).
         waits.append(PROGRESS_SHARE * left if left > 0 else pace.interval_s)
     wait = min(waits) if waits else pace.interval_s
-    return max(pace.interval_s, min(pace.longest_wait_s, wait))
+    return max(pace.interval_s, min(longest, wait))

@@ -3,6 +3,9 @@
 A task is scheduled again after each answer; an entry superseded by a later schedule, or of a
 task forgotten since (finished elsewhere, taken by another engine), is skipped when it comes
 up. A task being polled stays known (``ids``) but is not scheduled until its answer comes.
+
+The heap also keeps how late the polls it paced itself went out (``late``): on a loaded machine
+the engine aims its waits that much sooner (domain/pacing.py).
 """
 
 from __future__ import annotations
@@ -10,8 +13,30 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 
 from grsai_pipeline.store.tasks import RemoteTask
+
+
+class RecentLateness:
+    """The latest a paced poll went out after it was due, over about the last ``window_s``:
+    kept per slice of the window, so a slow minute is forgotten a minute later."""
+
+    def __init__(self, window_s: float = 60.0, slices: int = 6) -> None:
+        self._width = window_s / slices
+        self._slices: deque[tuple[int, float]] = deque(maxlen=slices)  # (slice, latest in it)
+
+    def saw(self, late_s: float, now: float) -> None:
+        index = int(now // self._width)
+        if self._slices and self._slices[-1][0] == index:
+            if late_s > self._slices[-1][1]:
+                self._slices[-1] = (index, late_s)
+        else:
+            self._slices.append((index, late_s))
+
+    def recent_s(self, now: float) -> float:
+        oldest = int(now // self._width) - (self._slices.maxlen or 1) + 1
+        return max((late for index, late in self._slices if index >= oldest), default=0.0)
 
 
 class PollHeap:
@@ -20,6 +45,10 @@ class PollHeap:
         self._due: list[tuple[float, int, str]] = []
         self._seq_of: dict[str, int] = {}
         self._seq = itertools.count()
+        # Entries this engine paced after an answer: only their lateness is the engine's own
+        # (a task taken from another engine may have been overdue before it was read).
+        self._paced: set[int] = set()
+        self.late = RecentLateness()
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._tasks
@@ -40,15 +69,18 @@ class PollHeap:
         """Every task this engine polls, being polled now or not."""
         return set(self._tasks)
 
-    def schedule(self, task: RemoteTask, after_s: float) -> None:
+    def schedule(self, task: RemoteTask, after_s: float, *, paced: bool = False) -> None:
         seq = next(self._seq)
         self._tasks[task.state.id] = task
+        self._paced.discard(self._seq_of.get(task.state.id, -1))
         self._seq_of[task.state.id] = seq
+        if paced:
+            self._paced.add(seq)
         heapq.heappush(self._due, (time.monotonic() + after_s, seq, task.state.id))
 
     def forget(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
-        self._seq_of.pop(task_id, None)
+        self._paced.discard(self._seq_of.pop(task_id, -1))
 
     def due_after(self, moment: float) -> list[str]:
         """The tasks waiting for a poll due later than ``moment`` (monotonic)."""
@@ -73,5 +105,8 @@ class PollHeap:
                 return None
             heapq.heappop(self._due)
             del self._seq_of[task_id]
+            if seq in self._paced:
+                self._paced.discard(seq)
+                self.late.saw(now - due, now)
             return self._tasks[task_id]
         return None

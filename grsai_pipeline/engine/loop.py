@@ -455,7 +455,7 @@ class Engine:
             task = RemoteTask(
                 after, batch_id, model, progress_seen_at=seen_at, answered_at=answered_at
             )
-            self._polls.schedule(task, self._next_poll_in(task, before))
+            self._polls.schedule(task, self._next_poll_in(task, before), paced=True)
         else:
             self._polls.forget(state.id)
             self._held_until.pop(state.id, None)
@@ -472,6 +472,7 @@ class Engine:
             progress_before=progress_before,
             durations=self._durations.get(task.model or ""),
             progress_from_s=(seen - submitted).total_seconds() if seen and submitted else None,
+            late_s=self._polls.late.recent_s(time.monotonic()),
         )
 
     def _want(self, batch_id: str) -> None:

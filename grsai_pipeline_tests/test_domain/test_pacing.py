@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from grsai_pipeline.domain.pacing import (
+    LATENESS_SHARE_MAX,
     NO_PROGRESS_SHARE,
     PROGRESS_SHARE,
     PROGRESS_SLACK,
@@ -96,6 +97,19 @@ def test_never_longer_than_the_max_gap_and_never_shorter_than_the_interval() -> 
         for progress in (None, 1, 50, 99):
             for durations in (None, SORA, ModelDurations.of([9000.0] * 10)):
                 assert 2.0 <= wait(elapsed, progress, None, durations) <= 60.0
+
+
+def test_an_engine_whose_polls_went_out_late_aims_that_much_sooner_within_a_bound() -> None:
+    """Polls up to 5 s late in the last minute: the longest wait is 53 s, so a poll 5 s late
+    still keeps the minute; however late, never less than half the longest wait (twice the
+    polls)."""
+    far = {"elapsed_s": 0.0, "progress": None, "progress_before": None, "durations": SORA}
+    assert next_poll_in(PACE, **far, late_s=5.0) == 53.0
+    assert next_poll_in(PACE, **far, late_s=500.0) == LATENESS_SHARE_MAX * 58.0
+    # Near the end it polls every interval, late or not.
+    assert next_poll_in(PACE, **{**far, "elapsed_s": 149.0}, late_s=5.0) == 2.0
+    backstop = Pace(2.0, 60.0, callbacks=True)
+    assert next_poll_in(backstop, **far, late_s=3.0) == 55.0
 
 
 def test_callbacks_make_polls_a_backstop_and_an_equal_gap_fixed_polling() -> None:
