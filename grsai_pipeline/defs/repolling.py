@@ -89,15 +89,31 @@ class RepollConfig(dg.Config):
     linger_s: float = DEFAULT_LINGER_S
 
 
+def budget_for(runs: int) -> float:
+    """A scheduled re-polling run's budget when GRSAI_REPOLL_RUNS is ``runs``.
+
+    The schedule relieves one run at a time (the queue allows one run more than ``runs``), each
+    once it is HANDOVER_AFTER_S old; runs started together need room for every relief before
+    any budget ends. With a flat 6 minutes, of five runs started at once four ended by their
+    budget within 20 s of one another, every 7 minutes, and their tasks waited up to 123 s for
+    the next runs to start (1,000 x 20 under dagster dev, BENCHMARKS.md)."""
+    return DEFAULT_BUDGET_S + (runs - 1) * HANDOVER_AFTER_S
+
+
+def budget_config(budget_s: float, linger_s: float = DEFAULT_LINGER_S) -> dict[str, Any]:
+    """The run config of a re-polling run that works ``budget_s`` (lingering ``linger_s``)."""
+    budget = {"budget_s": budget_s, "linger_s": linger_s}
+    return {"ops": {"repoll_open_batches_op": {"config": budget}}}
+
+
 def standby_request(run_key: str, trigger: str) -> dg.RunRequest:
     """A stand-by re-polling run: up for ``STANDBY_BUDGET_S`` even with nothing open; a batch
     that arrives meanwhile is followed as by any re-polling run (the schedule's runs relieve it
     after ``HANDOVER_AFTER_S``)."""
-    budget = {"budget_s": STANDBY_BUDGET_S, "linger_s": STANDBY_BUDGET_S}
     return dg.RunRequest(
         job_name=REPOLL_JOB,
         run_key=run_key,
-        run_config={"ops": {"repoll_open_batches_op": {"config": budget}}},
+        run_config=budget_config(STANDBY_BUDGET_S, STANDBY_BUDGET_S),
         tags={REPOLL_TAG: "all", STANDBY_TAG: "true", TRIGGER_TAG: trigger},
     )
 

@@ -6,7 +6,9 @@ database, store/polls.py). The schedule keeps ``GRSAI_REPOLL_RUNS`` of them (def
 work while there is such a batch: it asks for the missing ones (none yet, or one died), and
 when the oldest has worked for ``HANDOVER_AFTER_S``, for its successor: the next run starts
 while the old one still polls, and the old one ends as soon as enough newer engines are up,
-so that no task waits for a run to start. Production's queued run coordinator allows one run
+so that no task waits for a run to start. One run is relieved at a time, so each run's budget
+grows by HANDOVER_AFTER_S per run beyond the first (``budget_for``): runs started together are
+all relieved before any of them ends by its budget. Production's queued run coordinator allows one run
 more than GRSAI_REPOLL_RUNS for that handover (the ``grsai/repoll`` tag limit in
 ``dagster.yaml``: 2 for the default).
 """
@@ -15,7 +17,12 @@ more than GRSAI_REPOLL_RUNS for that handover (the ``grsai/repoll`` tag limit in
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
-from grsai_pipeline.defs.repolling import HANDOVER_AFTER_S, repoll_open_batches
+from grsai_pipeline.defs.repolling import (
+    HANDOVER_AFTER_S,
+    budget_config,
+    budget_for,
+    repoll_open_batches,
+)
 from grsai_pipeline.defs.resources import AppDatabase, GrsaiApi
 from grsai_pipeline.defs.runs import REPOLL_TAG, TRIGGER_TAG, repoll_runs_wanted
 from grsai_pipeline.errors import GrsaiPipelineError
@@ -68,7 +75,8 @@ def repoll_processing_schedule(
     tags = {REPOLL_TAG: "all", TRIGGER_TAG: "schedule"}
     # The first keeps the key of one run a tick, as before GRSAI_REPOLL_RUNS.
     keys = [f"repoll:{tick}", *(f"repoll:{tick}:{k}" for k in range(1, wanted))]
-    return [dg.RunRequest(run_key=key, tags=tags) for key in keys]
+    config = budget_config(budget_for(settings.repoll_runs))
+    return [dg.RunRequest(run_key=key, tags=tags, run_config=config) for key in keys]
 
 
 def _skip(context: dg.ScheduleEvaluationContext, reason: str) -> dg.SkipReason:

@@ -255,7 +255,8 @@ def test_schedule_starts_the_next_re_polling_run_once_the_live_one_is_due_for_re
 
 def test_schedule_keeps_grsai_repoll_runs_at_work(app_env, engine, instance, monkeypatch) -> None:
     """GRSAI_REPOLL_RUNS=3: the missing runs at once, none while three are live, the oldest's
-    successor once it is due for relief, and a dead one replaced."""
+    successor once it is due for relief, and a dead one replaced. Each works 12 minutes, not
+    6: the two relieved after the first are still at work when their turn comes."""
     monkeypatch.setenv("GRSAI_REPOLL_RUNS", "3")
     make_processing(engine, new_batch(engine, [TASK]))
 
@@ -263,6 +264,10 @@ def test_schedule_keeps_grsai_repoll_runs_at_work(app_env, engine, instance, mon
     assert skipped is None and len(requests) == 3
     assert len({r.run_key for r in requests}) == 3
     assert {r.tags["grsai/repoll"] for r in requests} == {"all"}
+    budgets = {
+        r.run_config["ops"]["repoll_open_batches_op"]["config"]["budget_s"] for r in requests
+    }
+    assert budgets == {720.0}
 
     run_ids = [start_run(instance, "repoll_open_batches", {"grsai/repoll": "all"})]
     assert len(schedule_tick(instance)[0]) == 2  # one live: two more
