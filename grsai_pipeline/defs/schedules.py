@@ -6,11 +6,11 @@ database, store/polls.py). The schedule keeps ``GRSAI_REPOLL_RUNS`` of them (def
 work while there is such a batch: it asks for the missing ones (none yet, or one died), and
 when the oldest has worked for ``HANDOVER_AFTER_S``, for its successor: the next run starts
 while the old one still polls, and the old one ends as soon as enough newer engines are up,
-so that no task waits for a run to start. One run is relieved at a time, so each run's budget
-grows by HANDOVER_AFTER_S per run beyond the first (``budget_for``): runs started together are
-all relieved before any of them ends by its budget. Production's queued run coordinator allows one run
+so that no task waits for a run to start. Production's queued run coordinator allows one run
 more than GRSAI_REPOLL_RUNS for that handover (the ``grsai/repoll`` tag limit in
-``dagster.yaml``: 2 for the default).
+``dagster.yaml``: 2 for the default). One run is relieved at a time, so each run's budget grows
+by HANDOVER_AFTER_S per run beyond the first (``budget_for``): runs started together are all
+relieved before any of them ends by its budget.
 """
 
 # No "from __future__ import annotations": Dagster reads these hints at definition time.
