@@ -77,8 +77,10 @@ REPORT_EVERY_S = 10.0
 # A batch whose tasks only progressed is reported by one run in this many (its turn comes from
 # its id), so that a thousand open batches cost two hundred events a minute, not a thousand.
 PROGRESS_EVERY_RUNS = 5
-# With no video to copy, the archiver looks again this often.
+# With no video to copy, the archiver looks again this often; with videos waiting, it checks
+# this often whether the run is ending.
 ARCHIVE_IDLE_S = 5.0
+ARCHIVE_SLICE_S = 10.0
 
 
 class RepollConfig(dg.Config):
@@ -175,7 +177,10 @@ def repoll_open_batches_op(
     def archive() -> None:
         deadline = time.monotonic() + config.budget_s
         while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            report = archive_videos(app_db.engine(), settings, budget_s=left)
+            # In slices, so the run ends soon after its engine: with videos always waiting, one
+            # call took the whole budget, and a stand-by run that had handed over kept its
+            # grsai/repoll slot for an hour, so the next relief waited in the queue.
+            report = archive_videos(app_db.engine(), settings, budget_s=min(left, ARCHIVE_SLICE_S))
             archived.append(report)
             if not report.batches:
                 stop.wait(min(ARCHIVE_IDLE_S, max(0.0, deadline - time.monotonic())))
