@@ -66,6 +66,14 @@ def archive_videos(
         httpx.Client(timeout=timeout, follow_redirects=True) as client,
         ThreadPoolExecutor(settings.archive_concurrency, "archive") as pool,
     ):
+
+        def in_time(video: VideoToArchive) -> int | VideoUnavailable | None:
+            # A page holds minutes of downloads: none starts past the budget (the next pass
+            # takes it), so a run that is ending is not held up by a whole page.
+            if time.monotonic() >= deadline:
+                return None
+            return _archive_one(engine, store, client, settings, video)
+
         while time.monotonic() < deadline:
             page = [
                 video
@@ -75,9 +83,11 @@ def archive_videos(
             if not page:
                 break
             tried.update(video.task_id for video in page)
-            jobs = [pool.submit(_archive_one, engine, store, client, settings, v) for v in page]
+            jobs = [pool.submit(in_time, v) for v in page]
             for video, job in zip(page, jobs, strict=True):
                 outcome = job.result()
+                if outcome is None:
+                    continue
                 report.batches.add(video.batch_job_id)
                 if isinstance(outcome, int):
                     report.archived += 1

@@ -273,3 +273,37 @@ def _stacks() -> str:
         f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
         for ident, frame in sys._current_frames().items()
     )
+
+
+def test_a_run_whose_engine_is_done_leaves_the_videos_still_waiting_to_the_next_runs(
+    pipeline_env: dict[str, str],
+    engine: Any,
+    simulator: SimulatorServer,
+    instance: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its archiver stops within a slice of copying once the engine is done (handed over, or
+    nothing open), so the run frees its grsai/repoll slot for the next relief; the videos it
+    did not reach wait for the runs at work."""
+    monkeypatch.setenv("GRSAI_ARCHIVE_BUDGET_S", "0")  # the batch's own run copies nothing
+    batch_id = new_batch(
+        engine, [{"prompt": f"slow cdn {n}", "model": "sora-2"} for n in range(12)]
+    )
+    assert run_batch(instance, batch_id).success
+    monkeypatch.setenv("GRSAI_ARCHIVE_CONCURRENCY", "1")
+    # Every video takes 4 s or more to download: 12 of them, one at a time, take 48 s.
+    simulator.simulator.state.config.video_bytes = 3 * 1024 * 1024
+    simulator.simulator.state.config.video_chunk_delay_s = 2.0
+
+    started = time.monotonic()
+    result = repoll(instance, budget_s=120)  # nothing open: its engine is done at once
+    took = time.monotonic() - started
+
+    assert result.success
+    archived = rows(
+        engine, "SELECT count(archived_url) AS n FROM video_tasks WHERE batch_job_id = :b",
+        b=batch_id,
+    )[0]["n"]  # fmt: skip
+    assert 1 <= archived < 12, archived
+    assert took < 30, f"the run stayed {took:.0f} s after its engine was done"
+    assert materializations(result)["archived_videos"]["videos_archived"] == archived
