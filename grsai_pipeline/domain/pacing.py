@@ -51,9 +51,10 @@ PROGRESS_SLACK: Final = 3
 # target's 5 % of late ends, while a poll every interval would cost them minutes of polls.
 NO_PROGRESS_SHARE: Final = 0.03
 # The longest wait is shortened by how late the engine's recent polls went out, by at most
-# this share: a loaded machine keeps the max gap (1,000 x 20 under dagster dev on two cores,
-# polls a few seconds late put the median task's longest gap at 62.4 s), and an engine whose
-# wire is full (where sooner polls cannot help) polls at most twice as often.
+# this share: on a loaded machine a wait aimed at the max gap less an interval goes over it
+# as soon as a poll is late by more than an interval, and an engine whose wire is full (where
+# sooner polls cannot help) polls at most twice as often. Its effect alone was not measured
+# apart (BENCHMARKS.md, 1,000 x 20: the gaps over 60 s came from handovers).
 LATENESS_SHARE_MAX: Final = 0.5
 
 
