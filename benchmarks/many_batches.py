@@ -108,6 +108,7 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
 
+from cpu_share import CpuShare, print_share  # noqa: E402
 from throughput import API_KEY, StandIn, _cpu_of  # noqa: E402
 
 
@@ -278,7 +279,12 @@ for r in records:
         error = getattr(entry.dagster_event.event_specific_data, "error", None)
         text = error.message if error is not None else entry.message
         failures.append(f"{r.dagster_run.job_name} {r.dagster_run.run_id[:8]}: {text.strip()}")
-print(json.dumps({"by_status": by_status, "failures": failures}))
+job_of_pid = {}  # which job's run each run worker process was, for the CPU by process
+for r in records:
+    for entry in i.all_logs(r.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        if entry.message.startswith("Started process for run (pid: "):
+            job_of_pid[entry.message.split("pid: ")[1].rstrip(").")] = r.dagster_run.job_name
+print(json.dumps({"by_status": by_status, "failures": failures, "job_of_pid": job_of_pid}))
 """
 
 
@@ -715,6 +721,7 @@ def measure_as_users(args: argparse.Namespace, env: dict[str, str], stand_in: St
     log = work / "dagster-dev.log"
     db = sa.create_engine(dbs.app_url, poolclass=NullPool)
     busy_before, stand_in_before = machine_busy_s(), _cpu_of(stand_in.pid)
+    share = CpuShare({stand_in.pid: "API stand-in"}).start()
     launched = time.time()
     dev, port = start_dagster_dev(env, log)
     try:
@@ -726,6 +733,7 @@ def measure_as_users(args: argparse.Namespace, env: dict[str, str], stand_in: St
         timeout = args.timeout if args.timeout is not None else args.generation_s + 600
         all_settled = wait_until_settled(db, batch_ids, timeout, dev)
         elapsed = time.time() - launched
+        share.stop()
         busy = machine_busy_s() - busy_before
         stand_in_cpu = _cpu_of(stand_in.pid) - stand_in_before
         polls, remote = stand_in.polls(), stand_in.remote_tasks()
@@ -733,6 +741,7 @@ def measure_as_users(args: argparse.Namespace, env: dict[str, str], stand_in: St
     finally:
         stop_dagster_dev(dev)
     (work / "polls.json").write_text(json.dumps(polls))
+    (work / "remote.json").write_text(json.dumps(remote))
     batch_of, created, settled, tasks, unsent = read_app_database(db, batch_ids)
     seen = Observed(remote, {r: sorted(t) for r, t in polls.items()}, batch_of, created, settled,
                     tasks, unsent)  # fmt: skip
@@ -745,6 +754,7 @@ def measure_as_users(args: argparse.Namespace, env: dict[str, str], stand_in: St
     print(f"CPU from `dagster dev`'s start to the last settlement ({os.cpu_count()} cores x "
           f"{elapsed:.0f} s = {(os.cpu_count() or 1) * elapsed:.0f} s): {busy:.0f} s busy, of "
           f"which the API stand-in {stand_in_cpu:.1f} s")  # fmt: skip
+    print_share(share, busy, {int(p): j for p, j in runs.get("job_of_pid", {}).items()})
 
 
 # --- realistic (--as-users --realistic): paced polls against fixed ones (issue 25) ----------
