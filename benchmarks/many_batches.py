@@ -39,7 +39,9 @@ from the stand-in's log of submits and polls and from the application database:
 - each batch's `settled_at` after the end upstream of its last task (the issue: within
   4 minutes);
 - the runs Dagster launched, by job and by status, with the errors of failed runs; the CPU the
-  machine spent from `dagster dev`'s start to the last settlement, the stand-in's share apart.
+  machine spent from `dagster dev`'s start to the last settlement, the stand-in's share apart,
+  and by kind of process (benchmarks/cpu_share.py: the CLI, each job's run workers, the
+  daemon, PostgreSQL, ...).
 
 The fairness case (`--as-users --fairness`), from the issue: a 3-task batch created 1 s after
 a 1,500-task batch of another user got its first submit after 14.7 s; acceptance under `dagster
@@ -78,7 +80,8 @@ production one at the repository root (dagster-postgres storage from DAGSTER_PG_
 run coordinator and its limits, run monitoring). With GRSAI_DATABASE_URL set to a postgresql
 URL instead, that database is the application's, and the instance's is DAGSTER_PG_URL or a
 fresh database on the same server. The work directory (dagster dev's log, the batch files, the
-poll log) is kept and printed.
+poll log `polls.json` and, as users, `remote.json`: each remote task's submit and end
+upstream) is kept and printed.
 """
 
 from __future__ import annotations
