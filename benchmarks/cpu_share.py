@@ -35,9 +35,12 @@ def kind_of(command: str) -> str:
         return "code server (sensor and schedule ticks)"
     if "dagster" in command and " dev" in command:
         return "dagster dev"
-    if command.startswith("postgres"):
-        return "PostgreSQL"
-    return "other"
+    words = command.split()
+    if not words:  # kernel threads, and processes first read after they had ended
+        return "no command line"
+    if command.startswith("postgres") or Path(words[0]).name == "postgres":
+        return "PostgreSQL"  # its backends ("postgres: user db ...") and the server
+    return f"other: {Path(words[0]).name}"
 
 
 class CpuShare:
