@@ -14,6 +14,7 @@ import heapq
 import itertools
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from grsai_pipeline.store.tasks import RemoteTask
 
@@ -81,6 +82,13 @@ class PollHeap:
     def forget(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
         self._paced.discard(self._seq_of.pop(task_id, -1))
+
+    def waiting_due(self) -> Iterator[tuple[str, RemoteTask, float]]:
+        """Each task waiting for its next poll, as this engine last knew it, and when that poll
+        is due (monotonic)."""
+        for due, seq, task_id in self._due:
+            if self._seq_of.get(task_id) == seq:
+                yield task_id, self._tasks[task_id], due
 
     def due_after(self, moment: float) -> list[str]:
         """The tasks waiting for a poll due later than ``moment`` (monotonic)."""

@@ -77,6 +77,10 @@ RESCAN_EVERY_S: Final = 2.0
 # How often the engine reads again how long recent tasks of each model took.
 DURATIONS_EVERY_S: Final = 60.0
 RESCAN_SHARE: Final = 0.05
+# ... but never less often than this: an engine lets tasks go for the others to take at their
+# next read, which it counts as two of its own read periods away (at most half the max gap).
+# Unbounded, a read taking 3 s of wall time on a saturated machine put the next a minute off.
+READ_PERIOD_MAX_S: Final = 15.0
 # An engine handing over keeps the polls due within this many of its read periods, and at
 # least this long, and lets the rest go at once: the newer engines take those at their next
 # read, before they are due. The newer one may still be starting (measured beside three runs
@@ -650,6 +654,7 @@ class Engine:
             self._durations_due = started + DURATIONS_EVERY_S
         seen = self._reader.read(known, durations=durations)
         self._rescan_took = time.monotonic() - started
+        self.report.longest_read_s = max(self.report.longest_read_s, self._rescan_took)
         # Settlement's one owner: the read that finds a batch's tasks all final settles it.
         self.report.settled += self._reader.settle_finished(seen)
         return claimed, seen
@@ -673,15 +678,24 @@ class Engine:
         for task_id in known_before - seen.ids_at_api:
             self._polls.forget(task_id)  # moved on elsewhere: a callback, another runner
             self._held_until.pop(task_id, None)
-        for task_id in seen.let_go:
+        now = time.monotonic()
+        wall_now = utc_now()
+        if seen.let_go:
             # Over this engine's share. One being polled now stays until its answer is written
             # (let go before, it could be taken and polled again before its answer is known).
-            if self._polls.waiting(task_id):
+            # Another engine takes them at its next read, as far off as this engine's own.
+            window = min(HANDOVER_READS * self._read_period(), self._pace.max_gap_s / 2)
+            over = set(seen.let_go)
+            going = [
+                task_id
+                for task_id, task, due in self._polls.waiting_due()
+                if task_id in over
+                and self._pace.may_hand_on(_waited_s(task, wall_now), due - now, window)
+            ]
+            for task_id in going:
                 self._let_go(task_id)
-        now = time.monotonic()
         interval = self.settings.poll_interval_s
         decided_since = self._unwritten.decided()
-        wall_now = utc_now()
         for task in seen.new_at_api:
             if task.state.id in self._polls or task.state.id in decided_since:
                 continue  # known, or answered while the database was being read
@@ -705,7 +719,7 @@ class Engine:
         self._next_rescan = now + self._read_period()
 
     def _read_period(self) -> float:
-        return max(RESCAN_EVERY_S, self._rescan_took / RESCAN_SHARE)
+        return min(READ_PERIOD_MAX_S, max(RESCAN_EVERY_S, self._rescan_took / RESCAN_SHARE))
 
     def _hand_over(self, now: float) -> None:
         """A newer runner follows the same batches now: end this run, leaving no task waiting.
@@ -729,6 +743,12 @@ class Engine:
         self._polls.forget(task_id)
         self._held_until.pop(task_id, None)
         self._to_release.append(task_id)
+
+
+def _waited_s(task: RemoteTask, now: datetime) -> float:
+    """How long since ``task``'s last answer (or its submit)."""
+    last = max((d for d in (task.state.submitted_at, _last_answer(task)) if d), default=None)
+    return (now - last).total_seconds() if last else 0.0
 
 
 def _last_answer(task: RemoteTask | None) -> datetime | None:

@@ -50,6 +50,9 @@ class EngineReport:
     # Times the application database could not be reached (a failover), and for how long.
     database_outages: int = 0
     database_outage_s: float = 0.0
+    # The longest read of the scope (wall time): on a loaded machine it sets how seldom the
+    # engine reads (engine/loop.py, READ_PERIOD_MAX_S).
+    longest_read_s: float = 0.0
 
     def batch(self, batch_id: str) -> BatchActivity:
         if batch_id not in self.batches:

@@ -136,3 +136,17 @@ def test_coarse_progress_is_paced_from_when_its_figure_appeared() -> None:
     assert first == pytest.approx(0.6 * (end - 160))  # 19.4 s
     assert later == 2.0  # 2.3 s left: 1.4 s, never under the interval
     assert overdue == 2.0
+
+
+def test_a_task_goes_to_another_engine_only_if_its_next_read_keeps_the_gap_within_the_max() -> None:
+    """An engine over its share hands tasks on; the taker polls them at its next read, up to 30 s
+    away here. A task paced to 58 s and due in 10 s would wait 68 s: it stays for one more poll.
+    """
+    taker_within = 30.0
+    assert not PACE.may_hand_on(waited_s=48.0, due_in_s=10.0, taker_reads_within_s=taker_within)
+    assert PACE.may_hand_on(waited_s=20.0, due_in_s=38.0, taker_reads_within_s=taker_within)
+    # Due in 10 s but answered 25 s ago: taken within 30 s, its gap is 55 s at most.
+    assert PACE.may_hand_on(waited_s=25.0, due_in_s=10.0, taker_reads_within_s=taker_within)
+    # Fixed-interval polling: any handover exceeds the interval once; it is never kept.
+    fixed = Pace(interval_s=2.0, max_gap_s=2.0)
+    assert fixed.may_hand_on(waited_s=1.5, due_in_s=0.5, taker_reads_within_s=taker_within)
