@@ -4,10 +4,11 @@ Started by ``repoll_processing_schedule`` (one at work; the next takes over afte
 ``HANDOVER_AFTER_S``, see ``defs/schedules.py``). Its op submits and polls the unfinished
 tasks of every open batch through one client in one event loop, sharing them task by task
 with whatever other engines are live (a batch's own run, the command line: store/polls.py),
-resubmits what may be retried, settles each batch whose tasks are all final, and reports each
-batch it touched as
-that batch's own materialization of ``polled_results`` (and ``settled_ledger`` when it settles
-it), with the asset checks' results, so the batch's partition page keeps its history.
+resubmits what may be retried, settles each batch whose tasks are all final, and reports the
+batches it sent to or settled, and at their turn those whose tasks only progressed or ended
+(``PROGRESS_EVERY_RUNS``), as each batch's own materialization of ``polled_results`` (and
+``settled_ledger`` when it settles it), with the asset checks' results, so the batch's
+partition page keeps its history.
 
 A batch settled in the last day whose partition has no ``settled_ledger`` materialization (its
 run died between the settlement's commit and the event; a cancel or an intake settled it with
@@ -74,8 +75,11 @@ STANDBY_BUDGET_S = 3600.0
 UNREPORTED_WITHIN = timedelta(days=1)
 # The engine hands over what it did at least this often.
 REPORT_EVERY_S = 10.0
-# A batch whose tasks only progressed is reported by one run in this many (its turn comes from
-# its id), so that a thousand open batches cost two hundred events a minute, not a thousand.
+# A batch whose tasks only progressed, or ended without settling it, is reported in one minute
+# in this many (its turn comes from its id), once in that minute: a thousand open batches cost
+# two hundred events a minute, not a thousand. Reported at every end, with five runs sharing
+# each batch's tasks, 1,000 batches of 20 cost 12,390 materializations and 9,882 check
+# evaluations, about 29 % of the runs' CPU on a machine that had none to spare (BENCHMARKS.md).
 PROGRESS_EVERY_RUNS = 5
 # With no video to copy, the archiver looks again this often; with videos waiting, it checks
 # this often whether the run is ending.
@@ -121,11 +125,22 @@ def standby_request(run_key: str, trigger: str) -> dg.RunRequest:
 
 
 @dataclass
+class _Shown:
+    """What this run has reported of each batch: the batches it reported, the minute of each
+    one's last report at its turn, and those whose tasks ended since it last reported them."""
+
+    reported: set[str] = field(default_factory=set)
+    turn_minute: dict[str, int] = field(default_factory=dict)
+    ended: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _Totals:
     polls: int = 0
     submits: int = 0
     possible_duplicates: int = 0
     api_calls: int = 0
+    longest_read_s: float = 0.0
     batches: set[str] = field(default_factory=set)
 
     def add(self, report: EngineReport) -> None:
@@ -133,6 +148,7 @@ class _Totals:
         self.submits += report.submits
         self.possible_duplicates += report.possible_duplicates
         self.api_calls += report.api_calls
+        self.longest_read_s = max(self.longest_read_s, report.longest_read_s)
         self.batches |= set(report.batches) | {s.batch_id for s in report.settled}
 
 
@@ -189,7 +205,7 @@ def repoll_open_batches_op(
     engine.start()
     archiver = threading.Thread(target=archive, name="repoll-archive", daemon=True)
     archiver.start()
-    totals, reported = _Totals(), set[str]()
+    totals, shown = _Totals(), _Shown()
     yield from _unreported_settlements(context, app_db, settings.retry_policy)
     try:
         while (report := reports.get()) is not None:
@@ -198,7 +214,7 @@ def repoll_open_batches_op(
             if isinstance(report, BaseException):
                 raise report
             totals.add(report)
-            yield from _batch_events(context, app_db, settings.retry_policy, report, reported)
+            yield from _batch_events(context, app_db, settings.retry_policy, report, shown)
     finally:
         stop.set()
         engine.join()
@@ -215,6 +231,8 @@ def repoll_open_batches_op(
             "submits": totals.submits,
             "possible_duplicates": totals.possible_duplicates,
             "api_calls": totals.api_calls,
+            # The longest read of the database for new work: a slow one makes reads rarer.
+            "longest_read_s": round(totals.longest_read_s, 3),
         },
     )
 
@@ -224,32 +242,36 @@ def _batch_events(
     app_db: AppDatabase,
     policy: RetryPolicy,
     report: EngineReport,
-    reported: set[str],
+    shown: _Shown,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """A materialization per batch whose tasks moved, or whose turn it is to show its progress;
-    the checks' results where tasks ended."""
+    """A materialization per batch whose tasks were sent or retried, or that this run settled;
+    per batch new to this run, or whose tasks ended since its last report, one at its turn; the
+    video check where tasks ended."""
     settled = {s.batch_id for s in report.settled}
-    ended = {b for b, a in report.batches.items() if a.succeeded or a.failed} | settled
-    turn = int(time.time() // 60) % PROGRESS_EVERY_RUNS
-    moved = {
+    shown.ended |= {b for b, a in report.batches.items() if a.succeeded or a.failed}
+    minute = int(time.time() // 60)
+    due = (set(report.batches) - shown.reported) | shown.ended
+    at_turn = {
         b
-        for b, a in report.batches.items()
-        if a.accepted
-        or a.succeeded
-        or a.failed
-        or a.retried
-        or (b not in reported and zlib.crc32(b.encode()) % PROGRESS_EVERY_RUNS == turn)
+        for b in due
+        if zlib.crc32(b.encode()) % PROGRESS_EVERY_RUNS == minute % PROGRESS_EVERY_RUNS
+        and shown.turn_minute.get(b) != minute
     }
-    touched = sorted(moved | settled)
+    sent = {b for b, a in report.batches.items() if a.accepted or a.retried}
+    touched = sorted(sent | settled | at_turn)
     if not touched:
         return
     _ensure_partitions(context.instance, touched)
     snaps = snapshots(app_db.engine(), touched, policy)
-    missing = succeeded_without_video_in(app_db.engine(), sorted(ended))
+    # The checks' answers cannot have changed where no task ended.
+    ended = sorted((shown.ended | settled).intersection(touched))
+    missing = succeeded_without_video_in(app_db.engine(), ended)
     extra = {"repoll_run": context.run_id}
     for batch_id in touched:
-        reported.add(batch_id)
-        # The checks' answers cannot have changed where tasks only progressed.
+        shown.reported.add(batch_id)
+        shown.ended.discard(batch_id)
+        if batch_id in at_turn:
+            shown.turn_minute[batch_id] = minute
         yield from polled_report(snaps[batch_id], extra, missing.get(batch_id)).events()
         if batch_id in settled:
             yield from _settled_events(app_db, snaps[batch_id], extra)
