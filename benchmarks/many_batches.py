@@ -283,11 +283,17 @@ for r in records:
         text = error.message if error is not None else entry.message
         failures.append(f"{r.dagster_run.job_name} {r.dagster_run.run_id[:8]}: {text.strip()}")
 job_of_pid = {}  # which job's run each run worker process was, for the CPU by process
+longest_reads = []  # each ended re-polling run's longest read of the database, seconds
+kinds = {dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.STEP_OUTPUT}
 for r in records:
-    for entry in i.all_logs(r.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+    for entry in i.all_logs(r.dagster_run.run_id, of_type=kinds):
         if entry.message.startswith("Started process for run (pid: "):
             job_of_pid[entry.message.split("pid: ")[1].rstrip(").")] = r.dagster_run.job_name
-print(json.dumps({"by_status": by_status, "failures": failures, "job_of_pid": job_of_pid}))
+        metadata = getattr(entry.dagster_event.event_specific_data, "metadata", None) or {}
+        if "longest_read_s" in metadata:
+            longest_reads.append(metadata["longest_read_s"].value)
+print(json.dumps({"by_status": by_status, "failures": failures, "job_of_pid": job_of_pid,
+                  "longest_reads": sorted(longest_reads)}))
 """
 
 
@@ -681,6 +687,10 @@ def print_runs(summary: dict[str, Any], log: Path) -> None:
     print(f"runs by status (before `dagster dev` was stopped): {summary.get('by_status', '?')}")
     for failure in summary.get("failures", []):
         print(f"  failed: {failure[:400]}")
+    if reads := summary.get("longest_reads"):
+        print(f"longest read of the database per ended re-polling run: median"
+              f" {reads[len(reads) // 2]:.2f} s, max {reads[-1]:.2f} s"
+              f" ({len(reads)} runs)")  # fmt: skip
     errors = sum(
         1 for line in log.read_text(errors="replace").splitlines() if " - ERROR - " in line
     )
