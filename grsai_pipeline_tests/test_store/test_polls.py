@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from grsai_pipeline.domain.lifecycle import Accepted
+from grsai_pipeline.domain.lifecycle import Accepted, decide
 from grsai_pipeline.store.columns import utc_now
 from grsai_pipeline.store.polls import (
     PollHolds,
-    hold_accepted,
+    held_on_acceptance,
     over_share,
     poll_holds,
     release_polls,
@@ -22,8 +22,10 @@ from grsai_pipeline.store.polls import (
     take_polls,
 )
 from grsai_pipeline.store.runners import Heartbeat
+from grsai_pipeline.store.tasks import apply_transitions
 from grsai_pipeline_tests.helpers import new_batch
 from grsai_pipeline_tests.test_store.store_support import (
+    POLICY,
     claim,
     record,
     register_stale_runner,
@@ -120,12 +122,21 @@ def test_the_engine_whose_submit_was_accepted_holds_the_new_remote_task(
     engine: sa.Engine,
 ) -> None:
     # A retried task's earlier remote task was held by another engine: that hold is void.
-    batch_id, (task_id,) = _at_api(engine, 1)
+    batch_id = new_batch(engine, [sora("retried")])
+    (task_id,) = task_ids(engine, batch_id)
     until = utc_now() + HOLD
     set_task(engine, task_id, polled_by="earlier", poll_held_until=until)
+    (claimed,) = claim(engine, batch_id, "submitter")
+    now = utc_now()
+    accepted = decide(claimed.state, Accepted("remote-new"), now=now, policy=POLICY)
+    assert accepted is not None
     with engine.begin() as conn:
-        hold_accepted(conn, "submitter", [task_id], until=until)
-    assert task_row(engine, task_id)["polled_by"] == "submitter"
+        write = held_on_acceptance(accepted, "submitter", until)
+        assert apply_transitions(conn, [write], runner_id="submitter", now=now) == 1
+    row = task_row(engine, task_id)
+    assert (row["polled_by"], row["status"], row["claimed_by"]) == (
+        "submitter", "processing", None,
+    )  # fmt: skip
     with Heartbeat(engine, "submitter", LEASE):
         assert _holds(engine, "submitter", batch_id).mine == [task_id]
 
