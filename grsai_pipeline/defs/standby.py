@@ -55,6 +55,6 @@ def repoll_standby_sensor(
     if not standby_wanted(context.instance, live, STANDBY_BUDGET_S, STANDBY_LEAD_S):
         return dg.SkipReason("a re-polling run is at work or stands by")
     context.log.info("no re-polling run at work: one stands by for the next batch")
-    # Its own trigger: the sensor's per-batch runs queue two at a time (dagster.yaml), and this
+    # Its own trigger: the sensor's per-batch runs queue one at a time (dagster.yaml), and this
     # one must not wait behind them.
     return standby_request(f"standby:{time.time():.0f}", "standby")
