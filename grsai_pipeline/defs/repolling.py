@@ -75,11 +75,12 @@ STANDBY_BUDGET_S = 3600.0
 UNREPORTED_WITHIN = timedelta(days=1)
 # The engine hands over what it did at least this often.
 REPORT_EVERY_S = 10.0
-# A batch whose tasks only progressed, or ended without settling it, is reported in one minute
-# in this many (its turn comes from its id), once in that minute: a thousand open batches cost
-# two hundred events a minute, not a thousand. Reported at every end, with five runs sharing
-# each batch's tasks, 1,000 batches of 20 cost 12,390 materializations and 9,882 check
-# evaluations, about 29 % of the runs' CPU on a machine that had none to spare (BENCHMARKS.md).
+# A batch whose tasks only progressed, were sent again, or ended without settling it, is
+# reported in one minute in this many (its turn comes from its id), once in that minute: a
+# thousand open batches cost two hundred events a minute, not a thousand. Reported at every
+# end, with five runs sharing each batch's tasks, 1,000 batches of 20 cost 12,390
+# materializations and 9,882 check evaluations, about 29 % of the runs' CPU on a machine that
+# had none to spare (BENCHMARKS.md).
 PROGRESS_EVERY_RUNS = 5
 # With no video to copy, the archiver looks again this often; with videos waiting, it checks
 # this often whether the run is ending.
@@ -127,10 +128,12 @@ def standby_request(run_key: str, trigger: str) -> dg.RunRequest:
 @dataclass
 class _Shown:
     """What this run has reported of each batch: the batches it reported, the minute of each
-    one's last report at its turn, and those whose tasks ended since it last reported them."""
+    one's last report at its turn, and those whose tasks were sent or ended since it last
+    reported them (``ended``: those whose tasks ended, for the video check)."""
 
     reported: set[str] = field(default_factory=set)
     turn_minute: dict[str, int] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
     ended: set[str] = field(default_factory=set)
 
 
@@ -244,20 +247,23 @@ def _batch_events(
     report: EngineReport,
     shown: _Shown,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """A materialization per batch whose tasks were sent or retried, or that this run settled;
-    per batch new to this run, or whose tasks ended since its last report, one at its turn; the
+    """A materialization per batch this run first sent tasks of, retried or settled; per batch
+    whose tasks progressed or ended since this run's last report of it, one at its turn; the
     video check where tasks ended."""
     settled = {s.batch_id for s in report.settled}
     shown.ended |= {b for b, a in report.batches.items() if a.succeeded or a.failed}
+    shown.changed |= shown.ended | {b for b, a in report.batches.items() if a.accepted}
     minute = int(time.time() // 60)
-    due = (set(report.batches) - shown.reported) | shown.ended
+    due = (set(report.batches) - shown.reported) | shown.changed
     at_turn = {
         b
         for b in due
         if zlib.crc32(b.encode()) % PROGRESS_EVERY_RUNS == minute % PROGRESS_EVERY_RUNS
         and shown.turn_minute.get(b) != minute
     }
-    sent = {b for b, a in report.batches.items() if a.accepted or a.retried}
+    # Sent again (five engines claim a batch's tasks in turns): shown at its turn.
+    first = set(report.batches) - shown.reported
+    sent = {b for b, a in report.batches.items() if a.retried or (a.accepted and b in first)}
     touched = sorted(sent | settled | at_turn)
     if not touched:
         return
@@ -269,6 +275,7 @@ def _batch_events(
     extra = {"repoll_run": context.run_id}
     for batch_id in touched:
         shown.reported.add(batch_id)
+        shown.changed.discard(batch_id)
         shown.ended.discard(batch_id)
         if batch_id in at_turn:
             shown.turn_minute[batch_id] = minute
