@@ -4,14 +4,22 @@ A task is scheduled again after each answer; an entry superseded by a later sche
 task forgotten since (finished elsewhere, taken by another engine), is skipped when it comes
 up. A task being polled stays known (``ids``) but is not scheduled until its answer comes.
 
-The heap also keeps how late the polls it paced itself went out (``late``): on a loaded machine
-the engine aims its waits that much sooner (domain/pacing.py).
+Of the polls that are due, the one with the earliest deadline goes first: a task's deadline is
+when its gap would pass the longest wait (GRSAI_POLL_MAX_GAP_S after its last answer). With
+slots to spare that is the order they fell due; on a loaded machine a task paced near the max
+gap goes before one polled every interval near its end, which only learns of its end a little
+later (in 1,000 x 20, 1,886 gaps over 60 s began while the first minute's tasks, near their
+end, were polled every interval: BENCHMARKS.md, G).
+
+The heap also keeps how late the long waits it paced itself went out (``late``): on a loaded
+machine the engine aims its waits that much sooner (domain/pacing.py).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -41,14 +49,19 @@ class RecentLateness:
 
 
 class PollHeap:
-    def __init__(self) -> None:
+    def __init__(self, long_wait_slack_s: float = math.inf) -> None:
         self._tasks: dict[str, RemoteTask] = {}
-        self._due: list[tuple[float, int, str]] = []
+        # (due, deadline, seq, task): not due yet; (deadline, due, seq, task): due, in turn.
+        self._due: list[tuple[float, float, int, str]] = []
+        self._ready: list[tuple[float, float, int, str]] = []
         self._seq_of: dict[str, int] = {}
         self._seq = itertools.count()
         # Entries this engine paced after an answer: only their lateness is the engine's own
         # (a task taken from another engine may have been overdue before it was read).
         self._paced: set[int] = set()
+        # Only entries due at most this long before their deadline count as late: those near
+        # their end wait behind the others when the engine is busy, by design.
+        self._long_wait_slack_s = long_wait_slack_s
         self.late = RecentLateness()
 
     def __contains__(self, task_id: object) -> bool:
@@ -70,51 +83,65 @@ class PollHeap:
         """Every task this engine polls, being polled now or not."""
         return set(self._tasks)
 
-    def schedule(self, task: RemoteTask, after_s: float, *, paced: bool = False) -> None:
+    def schedule(
+        self,
+        task: RemoteTask,
+        after_s: float,
+        *,
+        paced: bool = False,
+        deadline_in_s: float | None = None,
+    ) -> None:
+        """Poll ``task`` in ``after_s``; its gap passes the max gap in ``deadline_in_s`` (None:
+        when it falls due)."""
         seq = next(self._seq)
         self._tasks[task.state.id] = task
         self._paced.discard(self._seq_of.get(task.state.id, -1))
         self._seq_of[task.state.id] = seq
         if paced:
             self._paced.add(seq)
-        heapq.heappush(self._due, (time.monotonic() + after_s, seq, task.state.id))
+        now = time.monotonic()
+        due = now + after_s
+        deadline = due if deadline_in_s is None else now + deadline_in_s
+        heapq.heappush(self._due, (due, deadline, seq, task.state.id))
 
     def forget(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
         self._paced.discard(self._seq_of.pop(task_id, -1))
 
+    def due_after(self, moment: float) -> list[str]:
+        """The tasks waiting for a poll due later than ``moment`` (monotonic)."""
+        return [task_id for task_id, _, due in self.waiting_due() if due > moment]
+
     def waiting_due(self) -> Iterator[tuple[str, RemoteTask, float]]:
         """Each task waiting for its next poll, as this engine last knew it, and when that poll
         is due (monotonic)."""
-        for due, seq, task_id in self._due:
+        entries = [(due, seq, task_id) for due, _, seq, task_id in self._due]
+        entries += [(due, seq, task_id) for _, due, seq, task_id in self._ready]
+        for due, seq, task_id in entries:
             if self._seq_of.get(task_id) == seq:
                 yield task_id, self._tasks[task_id], due
 
-    def due_after(self, moment: float) -> list[str]:
-        """The tasks waiting for a poll due later than ``moment`` (monotonic)."""
-        return [
-            task_id
-            for due, seq, task_id in self._due
-            if due > moment and self._seq_of.get(task_id) == seq
-        ]
-
     def next_due_at(self) -> float | None:
         """When the earliest entry is due (it may be stale: waking early is harmless)."""
+        if self._ready:
+            return self._ready[0][1]
         return self._due[0][0] if self._due else None
 
     def pop_due(self, now: float) -> RemoteTask | None:
-        """The task whose poll is due first, taken off the heap; None when none is due."""
-        while self._due:
-            due, seq, task_id = self._due[0]
+        """Of the tasks whose poll is due, the one with the earliest deadline, taken off the
+        heap; None when none is due."""
+        while self._due and self._due[0][0] <= now:
+            due, deadline, seq, task_id = heapq.heappop(self._due)
+            if self._seq_of.get(task_id) == seq:  # else superseded, being polled, or gone
+                heapq.heappush(self._ready, (deadline, due, seq, task_id))
+        while self._ready:
+            deadline, due, seq, task_id = heapq.heappop(self._ready)
             if self._seq_of.get(task_id) != seq:
-                heapq.heappop(self._due)  # superseded, being polled, or gone
                 continue
-            if due > now:
-                return None
-            heapq.heappop(self._due)
             del self._seq_of[task_id]
             if seq in self._paced:
                 self._paced.discard(seq)
-                self.late.saw(now - due, now)
+                if deadline - due <= self._long_wait_slack_s:
+                    self.late.saw(now - due, now)
             return self._tasks[task_id]
         return None

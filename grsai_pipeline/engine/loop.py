@@ -172,7 +172,8 @@ class Engine:
             db, scope, heartbeat, settings.claim_lease_s, settings.prices, self._hold
         )
         self._batches: list[str] = []
-        self._polls = PollHeap()
+        # Of the due polls, those nearest the max gap first; long waits' lateness is the engine's.
+        self._polls = PollHeap(long_wait_slack_s=self._pace.max_gap_s / 2)
         # Batches that may have claimable tasks, in turn; claimed tasks not sent yet.
         self._rotation: deque[str] = deque()
         # Batches this engine has claimed from: marked running already.
@@ -464,7 +465,12 @@ class Engine:
             task = RemoteTask(
                 after, batch_id, model, progress_seen_at=seen_at, answered_at=answered_at
             )
-            self._polls.schedule(task, self._next_poll_in(task, before), paced=True)
+            self._polls.schedule(
+                task,
+                self._next_poll_in(task, before),
+                paced=True,
+                deadline_in_s=self._pace.max_gap_s,
+            )
         else:
             self._polls.forget(state.id)
             self._held_until.pop(state.id, None)
@@ -712,7 +718,11 @@ class Engine:
             # tasks sort by how long they have waited, the longest-waiting polled first.
             last = max((d for d in (task.state.submitted_at, task.polled_at) if d), default=None)
             waited = (wall_now - last).total_seconds() if last else interval
-            self._polls.schedule(task, self._next_poll_in(task, None) - waited)
+            self._polls.schedule(
+                task,
+                self._next_poll_in(task, None) - waited,
+                deadline_in_s=self._pace.max_gap_s - waited,
+            )
             # Taken during the read: held a hold from its start, at the least; found held (a
             # task this engine had forgotten): until that hold ends.
             held_for = self._hold.total_seconds()

@@ -42,3 +42,28 @@ def test_only_polls_the_engine_paced_itself_count_as_its_lateness() -> None:
     while heap.pop_due(now) is not None:
         pass
     assert heap.late.recent_s(now) < 3.5
+
+
+def test_of_the_due_polls_the_one_nearest_the_max_gap_goes_first() -> None:
+    """On a busy engine both are due: the task polled every interval near its end (its max gap
+    58 s away) waits for the one paced to the max gap (2 s away), not the other way round."""
+    heap = PollHeap(long_wait_slack_s=30.0)
+    heap.schedule(remote("near-its-end"), -5.0, paced=True, deadline_in_s=53.0)
+    heap.schedule(remote("paced-58-s"), -1.0, paced=True, deadline_in_s=1.0)
+    heap.schedule(remote("not-due"), 10.0, paced=True, deadline_in_s=0.5)
+    now = time.monotonic()
+    popped = [heap.pop_due(now), heap.pop_due(now), heap.pop_due(now)]
+    assert [t.state.id for t in popped if t] == ["paced-58-s", "near-its-end"]
+    # Only the long wait's lateness is the engine's: the near-end poll waited by design.
+    assert 1.0 <= heap.late.recent_s(now) < 1.5
+    assert heap.due_after(now) == ["not-due"] and heap.next_due_at() is not None
+
+
+def test_without_deadlines_due_polls_go_in_the_order_they_fell_due() -> None:
+    heap = PollHeap()
+    for name, after in (("third", -1.0), ("first", -3.0), ("second", -2.0)):
+        heap.schedule(remote(name), after)
+    now = time.monotonic()
+    assert [t.state.id for t in iter(lambda: heap.pop_due(now), None)] == [
+        "first", "second", "third",
+    ]  # fmt: skip
